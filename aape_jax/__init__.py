@@ -1,0 +1,1 @@
+"""aape_jax: AAPE (Aggregate-and-Adapt Prompt Embedding) for a frozen CLIP, in JAX/Flax."""

@@ -1,0 +1,126 @@
+"""`FrozenCLIP`: a loaded CLIP with jitted encoders, its tokenizer and preprocessing.
+
+The encoders are module-level `jax.jit` functions that take the parameters as
+an argument (never closed over as constants, so one compiled program serves
+any checkpoint of the same geometry, and the weights are not baked into HLO).
+Batches are cut into chunks of at most `max_batch` rows and padded up to a
+power-of-two bucket, so arbitrary batch sizes compile a handful of programs.
+Text is trimmed to the longest real prompt (rounded up to `TEXT_LENGTH_BUCKET`):
+causal attention and pooling at the first end-of-text token make later
+positions irrelevant to the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aape_jax.clip.config import CLIPConfig
+from aape_jax.clip.model import CLIP, first_eot
+from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
+from aape_jax.clip.tokenizer import Tokenizer
+
+TEXT_LENGTH_BUCKET = 8
+MIN_BATCH_BUCKET = 8
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def _encode_image(module: CLIP, params: Any, pixels: jax.Array) -> jax.Array:
+    return module.apply({"params": params}, pixels, method=CLIP.encode_image)
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def _encode_text(module: CLIP, params: Any, ids: jax.Array) -> jax.Array:
+    return module.apply({"params": params}, ids, method=CLIP.encode_text)
+
+
+def batch_bucket(n: int, max_batch: int) -> int:
+    """Smallest power of two >= n (at least `MIN_BATCH_BUCKET`), capped at `max_batch`."""
+    return min(max_batch, max(MIN_BATCH_BUCKET, 1 << max(0, n - 1).bit_length()))
+
+
+def trimmed_length(ids: np.ndarray, eot_token_id: int) -> int:
+    """Positions needed to reach every row's first EOT, rounded up to `TEXT_LENGTH_BUCKET`."""
+    last = int(np.max(first_eot(ids, eot_token_id))) + 1 if len(ids) else 1
+    return min(ids.shape[1], -(-last // TEXT_LENGTH_BUCKET) * TEXT_LENGTH_BUCKET)
+
+
+def run_bucketed(fn: Callable[[np.ndarray], jax.Array], rows: np.ndarray, max_batch: int) -> np.ndarray:
+    """Applies `fn` to `rows` in chunks padded to power-of-two buckets; returns numpy float32."""
+    outputs = []
+    for start in range(0, len(rows), max_batch):
+        chunk = rows[start : start + max_batch]
+        size = batch_bucket(len(chunk), max_batch)
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        outputs.append(np.asarray(fn(padded))[: len(chunk)])
+    if not outputs:
+        raise ValueError("nothing to encode: the batch is empty")
+    return np.concatenate(outputs).astype(np.float32)
+
+
+@dataclasses.dataclass
+class FrozenCLIP:
+    """A frozen CLIP: parameters, geometry, tokenizer and preprocessing.
+
+    Attributes:
+      params: Flax parameter tree (float32), passed to every jitted call.
+      config: geometry read from the checkpoint's config.json.
+      tokenizer: the checkpoint's tokenizer (original OpenAI BPE rules).
+      transform: CLIP's eval preprocessing from preprocessor_config.json.
+      dtype: compute dtype of the towers (float32 default; bfloat16 for TPU/GPU).
+      source: where the checkpoint was loaded from.
+      max_batch: largest chunk per jitted call.
+    """
+
+    params: Any
+    config: CLIPConfig
+    tokenizer: Tokenizer
+    transform: ImageTransform
+    dtype: Any = jnp.float32
+    source: str = ""
+    max_batch: int = 256
+
+    @property
+    def module(self) -> CLIP:
+        return CLIP(self.config, dtype=self.dtype)
+
+    @property
+    def logit_scale(self) -> float:
+        """exp of the stored log logit scale."""
+        return float(np.exp(np.asarray(self.params["logit_scale"])))
+
+    def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Texts -> np.int32 [N, context_length] ids (SOT ... EOT, 0-padded, truncated keeping EOT)."""
+        return self.tokenizer(texts)
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """PIL images / uint8 arrays / paths -> np.float32 [N, R, R, 3]."""
+        return eval_transform(images, self.transform)
+
+    def encode_image(self, pixels: np.ndarray | jax.Array) -> np.ndarray:
+        """Preprocessed pixels [N, R, R, 3] -> projected image features [N, D] (not normalised)."""
+        pixels = np.asarray(pixels, dtype=np.float32)
+        r = self.config.vision.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (r, r, self.config.vision.num_channels):
+            raise ValueError(f"encode_image expects pixels [N, {r}, {r}, 3], got shape {pixels.shape}")
+        module = self.module
+        return run_bucketed(lambda x: _encode_image(module, self.params, x), pixels, self.max_batch)
+
+    def encode_text(self, ids: np.ndarray | jax.Array) -> np.ndarray:
+        """Token ids [N, L] (L <= context length) -> projected text features [N, D] (not normalised)."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.shape[1] > self.config.text.context_length:
+            raise ValueError(
+                f"encode_text expects ids [N, <= {self.config.text.context_length}], got shape {ids.shape}"
+            )
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.text.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.text.vocab_size}), got {ids.min()}..{ids.max()}")
+        ids = ids[:, : trimmed_length(ids, self.config.text.eot_token_id)].astype(np.int32)
+        module = self.module
+        return run_bucketed(lambda x: _encode_text(module, self.params, x), ids, self.max_batch)

@@ -1,0 +1,309 @@
+"""Flax Linen CLIP: ViT image tower, causal text tower, projections.
+
+Module and parameter names follow the Hugging Face checkpoint
+(`text_model/encoder/layers_3/self_attn/q_proj/kernel` for
+`text_model.encoder.layers.3.self_attn.q_proj.weight`), so converting a
+checkpoint is renaming plus transposes (`weights.py`).
+
+The text tower has a seam for prompt learning: `embed_tokens(ids)` gives token
+embeddings, and `encode_text_embeddings(x, eot_pos)` runs the tower from any
+token embeddings (learned prompt tokens included) and pools at `eot_pos`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
+
+Dtype = Any
+
+
+def _activation(name: str):
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    # gelu_new and gelu_pytorch_tanh are both the tanh approximation.
+    return lambda x: jax.nn.gelu(x, approximate=True)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with CLIP's separate q/k/v/out projections.
+
+    Attributes:
+      num_heads: attention heads.
+      causal: mask future positions (text tower).
+      dtype: compute dtype.
+    """
+
+    num_heads: int
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        dense = lambda name: nn.Dense(width, dtype=self.dtype, name=name)
+        split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)  # [B, L, H, Dh]
+        q = split(dense("q_proj")(x)) * (head_dim**-0.5)
+        k = split(dense("k_proj")(x))
+        v = split(dense("v_proj")(x))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)  # [B, H, L, L]
+        if self.causal:
+            length = x.shape[-2]
+            mask = jnp.tril(jnp.ones((length, length), dtype=bool))
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        # Softmax in fp32 whatever the compute dtype: bf16 softmax loses CLIP parity.
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, L, H, Dh]
+        return dense("out_proj")(out.reshape(*x.shape[:-1], width))
+
+
+class MLP(nn.Module):
+    """The block's two-layer MLP.
+
+    Attributes:
+      intermediate_size: hidden width.
+      hidden_act: activation name.
+      dtype: compute dtype.
+    """
+
+    intermediate_size: int
+    hidden_act: str
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.Dense(self.intermediate_size, dtype=self.dtype, name="fc1")(x)
+        h = _activation(self.hidden_act)(h)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm transformer block.
+
+    Attributes:
+      num_heads: attention heads.
+      intermediate_size: MLP width.
+      hidden_act: MLP activation.
+      layer_norm_eps: LayerNorm epsilon.
+      causal: causal self-attention.
+      dtype: compute dtype.
+    """
+
+    num_heads: int
+    intermediate_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+        x = x + Attention(self.num_heads, self.causal, self.dtype, name="self_attn")(ln("layer_norm1")(x))
+        return x + MLP(self.intermediate_size, self.hidden_act, self.dtype, name="mlp")(
+            ln("layer_norm2")(x)
+        )
+
+
+class Encoder(nn.Module):
+    """A stack of `EncoderLayer`s named `layers_0..N-1` like the checkpoint's `layers.N`.
+
+    Attributes:
+      num_layers: blocks.
+      num_heads: attention heads.
+      intermediate_size: MLP width.
+      hidden_act: MLP activation.
+      layer_norm_eps: LayerNorm epsilon.
+      causal: causal self-attention.
+      dtype: compute dtype.
+    """
+
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            x = EncoderLayer(
+                self.num_heads,
+                self.intermediate_size,
+                self.hidden_act,
+                self.layer_norm_eps,
+                self.causal,
+                self.dtype,
+                name=f"layers_{i}",
+            )(x)
+        return x
+
+
+class TextEmbeddings(nn.Module):
+    """Token and learned absolute position embeddings.
+
+    Attributes:
+      config: text tower geometry.
+    """
+
+    config: TextConfig
+
+    def setup(self) -> None:
+        self.token_embedding = nn.Embed(self.config.vocab_size, self.config.hidden_size)
+        self.position_embedding = nn.Embed(self.config.context_length, self.config.hidden_size)
+
+    def embed_tokens(self, ids: jax.Array) -> jax.Array:
+        return self.token_embedding(ids)  # [N, L, W]
+
+    def add_positions(self, x: jax.Array) -> jax.Array:
+        # Positions 0..L-1 only: L may be shorter than the context (trimmed prompts).
+        return x + self.position_embedding.embedding[: x.shape[-2]].astype(x.dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return self.add_positions(self.embed_tokens(ids))
+
+
+class TextTransformer(nn.Module):
+    """Causal text tower, pooled at the first end-of-text token.
+
+    Attributes:
+      config: text tower geometry.
+      dtype: compute dtype.
+    """
+
+    config: TextConfig
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        c = self.config
+        self.embeddings = TextEmbeddings(c)
+        self.encoder = Encoder(
+            c.num_layers, c.num_heads, c.intermediate_size, c.hidden_act, c.layer_norm_eps,
+            causal=True, dtype=self.dtype,
+        )
+        self.final_layer_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype)
+
+    def embed_tokens(self, ids: jax.Array) -> jax.Array:
+        return self.embeddings.embed_tokens(ids)
+
+    def encode_embeddings(self, x: jax.Array, eot_pos: jax.Array) -> jax.Array:
+        """Token embeddings [N, L, W] and EOT positions [N] -> pooled [N, W]."""
+        h = self.encoder(self.embeddings.add_positions(x.astype(self.dtype)))
+        h = self.final_layer_norm(h)  # [N, L, W]
+        return jnp.take_along_axis(h, eot_pos[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return self.encode_embeddings(self.embed_tokens(ids), first_eot(ids, self.config.eot_token_id))
+
+
+def first_eot(ids: jax.Array, eot_token_id: int) -> jax.Array:
+    """Index of the first `eot_token_id` per row [N]; the last position if a row has none."""
+    is_eot = ids == eot_token_id  # [N, L]
+    return jnp.where(is_eot.any(-1), jnp.argmax(is_eot, axis=-1), ids.shape[-1] - 1)
+
+
+class VisionEmbeddings(nn.Module):
+    """Patchify with a bias-free conv, prepend the class token, add positions.
+
+    Attributes:
+      config: image tower geometry.
+      dtype: compute dtype.
+    """
+
+    config: VisionConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        c = self.config
+        class_embedding = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,))
+        patches = nn.Conv(
+            c.hidden_size, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
+            padding="VALID", use_bias=False, dtype=self.dtype, name="patch_embedding",
+        )(pixels.astype(self.dtype))  # [N, R/p, R/p, W]
+        n = patches.shape[0]
+        patches = patches.reshape(n, -1, c.hidden_size)  # [N, P, W]
+        cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (n, 1, c.hidden_size))
+        x = jnp.concatenate([cls, patches], axis=1)  # [N, P+1, W]
+        positions = nn.Embed(c.num_patches + 1, c.hidden_size, name="position_embedding").embedding
+        return x + positions.astype(self.dtype)
+
+
+class VisionTransformer(nn.Module):
+    """ViT image tower; returns the post-LayerNorm class token.
+
+    Attributes:
+      config: image tower geometry.
+      dtype: compute dtype.
+    """
+
+    config: VisionConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        c = self.config
+        ln = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=name)
+        x = VisionEmbeddings(c, self.dtype, name="embeddings")(pixels)  # [N, P+1, W]
+        x = ln("pre_layrnorm")(x)  # sic: the checkpoint's spelling
+        x = Encoder(
+            c.num_layers, c.num_heads, c.intermediate_size, c.hidden_act, c.layer_norm_eps,
+            causal=False, dtype=self.dtype, name="encoder",
+        )(x)
+        return ln("post_layernorm")(x[:, 0])  # [N, W]
+
+
+class CLIP(nn.Module):
+    """Both towers and their projections into the D-dim joint space.
+
+    Call through `apply(..., method=...)` with one of `encode_image`,
+    `encode_text`, `embed_tokens`, `encode_text_embeddings`; `__call__` runs all
+    (used to initialise every parameter at once).
+
+    Attributes:
+      config: the checkpoint's geometry.
+      dtype: compute dtype (float32 default; bfloat16 on TPU/GPU). Parameters
+        stay in their stored dtype.
+    """
+
+    config: CLIPConfig
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        c = self.config
+        self.text_model = TextTransformer(c.text, self.dtype)
+        self.vision_model = VisionTransformer(c.vision, self.dtype)
+        self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
+        self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(c.logit_scale_init), ()
+        )
+
+    def encode_image(self, pixels: jax.Array) -> jax.Array:
+        """NHWC normalised pixels [N, R, R, 3] -> projected image features [N, D] (not normalised)."""
+        return self.visual_projection(self.vision_model(pixels)).astype(jnp.float32)
+
+    def encode_text(self, ids: jax.Array) -> jax.Array:
+        """Token ids [N, L], L <= context length -> projected text features [N, D] (not normalised)."""
+        return self.text_projection(self.text_model(ids)).astype(jnp.float32)
+
+    def embed_tokens(self, ids: jax.Array) -> jax.Array:
+        """Token ids [..., L] -> token embeddings [..., L, W] (no positions), the prompt-learning seam."""
+        return self.text_model.embed_tokens(ids)
+
+    def encode_text_embeddings(self, x: jax.Array, eot_pos: jax.Array) -> jax.Array:
+        """Token embeddings [N, L, W] + first-EOT positions [N] -> projected text features [N, D]."""
+        return self.text_projection(self.text_model.encode_embeddings(x, eot_pos)).astype(jnp.float32)
+
+    def __call__(self, pixels: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encode_image(pixels), self.encode_text(ids)

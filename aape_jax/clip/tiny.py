@@ -1,0 +1,147 @@
+"""Randomly initialised CLIP checkpoints in Hugging Face format, made offline.
+
+No pretrained weights can be downloaded on the machines where tests, the
+offline default and the benchmarks run, so they make a checkpoint here and load
+it through the same `clip.load` path a real checkpoint takes. Geometries:
+`tiny` (seconds on a CPU) and `vit-b-16` (the real ViT-B/16 shapes).
+
+    python -m aape_jax.clip.tiny DIR [--geometry tiny] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import save_file
+
+from aape_jax.clip import weights
+from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
+from aape_jax.clip.model import CLIP
+from aape_jax.clip.tokenizer import write_byte_level_vocab
+
+GEOMETRIES: dict[str, CLIPConfig] = {
+    "tiny": CLIPConfig(
+        text=TextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2,
+                        num_heads=4, context_length=32, eot_token_id=1023),
+        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                            image_size=32, patch_size=8),
+        projection_dim=32,
+    ),
+    "vit-b-16": CLIPConfig(
+        text=TextConfig(),
+        vision=VisionConfig(patch_size=16),
+        projection_dim=512,
+    ),
+}
+
+# Words the tiny vocabulary learns merges from, so prompts tokenise into words, not bytes.
+_DEFAULT_CORPUS = (
+    "a photo of a the . , itap of a bad photo of the a origami a photo of the large "
+    "a sculpture of a rendering of a graffiti of a tattoo of the embroidered "
+    "which has with and is are that it its this can be often looks like"
+)
+
+
+def _preprocessor_config(image_size: int) -> dict:
+    return {
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "CLIPImageProcessor",
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": image_size},
+    }
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    geometry: str | CLIPConfig = "tiny",
+    seed: int = 0,
+    corpus: Iterable[str] = (),
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> str:
+    """Writes a random CLIP in HF format (config, safetensors, tokenizer, preprocessor).
+
+    Args:
+      directory: created if needed; existing checkpoint files are replaced.
+      geometry: a name in `GEOMETRIES` or a `CLIPConfig`.
+      seed: parameter initialisation seed.
+      corpus: extra texts the byte-level vocabulary learns merges from.
+      tokenizer_dir: copy `vocab.json`/`merges.txt` from here instead of
+        learning a vocabulary (needed for the real 49,408-token geometry).
+
+    Returns:
+      The directory, as a string.
+    """
+    if isinstance(geometry, str):
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"unknown geometry {geometry!r}; choose from {', '.join(GEOMETRIES)}")
+        config = GEOMETRIES[geometry]
+    else:
+        config = geometry
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    if tokenizer_dir is not None:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
+        with open(os.path.join(directory, "vocab.json")) as f:
+            vocab_size = len(json.load(f))
+        config = dataclasses.replace(
+            config, text=dataclasses.replace(config.text, vocab_size=vocab_size, eot_token_id=vocab_size - 1)
+        )
+    elif config.text.vocab_size > 8192:
+        raise ValueError(
+            f"a {config.text.vocab_size}-token vocabulary cannot be learned from a toy corpus; "
+            "pass tokenizer_dir= with the real vocab.json/merges.txt"
+        )
+    else:
+        # Real words repeated so their merges come first; every two-letter word once
+        # so that any vocabulary size up to ~1,200 can be filled.
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        filler = " ".join(a + b for a in letters for b in letters)
+        texts = [_DEFAULT_CORPUS, *corpus] * 8 + [filler]
+        write_byte_level_vocab(directory, texts, config.text.vocab_size)
+
+    r = config.vision.image_size
+    params = CLIP(config).init(
+        jax.random.key(seed), jnp.zeros((1, r, r, config.vision.num_channels)), jnp.zeros((1, 1), jnp.int32)
+    )["params"]
+    params = flax.core.unfreeze(params)
+    # CLIP's trained temperature (log 100) rather than the init value, like a real checkpoint.
+    params["logit_scale"] = jnp.asarray(np.log(100.0), jnp.float32)
+    save_file(weights.to_state_dict(params), os.path.join(directory, weights.SAFETENSORS))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config.to_hf_dict(), f, indent=2)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump(_preprocessor_config(r), f, indent=2)
+    return directory
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory")
+    parser.add_argument("--geometry", default="tiny", choices=sorted(GEOMETRIES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer_dir", default=None, help="copy vocab.json/merges.txt from here")
+    args = parser.parse_args()
+    print(write_checkpoint(args.directory, args.geometry, args.seed, tokenizer_dir=args.tokenizer_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Hugging Face CLIP checkpoint <-> Flax parameter tree, in pure numpy.
+
+Conversion is renaming (`layers.3` -> `layers_3`, `weight` -> `kernel` /
+`embedding` / `scale`) plus transposes (Linear `(out, in)` -> `(in, out)`,
+conv `(O, I, H, W)` -> `(H, W, I, O)` for NHWC images). It is strict: a
+checkpoint tensor that fills no parameter, a parameter left unfilled or a
+shape that differs is an error naming every key at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aape_jax.clip.config import CLIPConfig
+from aape_jax.clip.model import CLIP
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+
+# Buffers that older exports carry next to the parameters; they hold no learned values.
+_BUFFERS = re.compile(r"^(text|vision)_model\.embeddings\.position_ids$")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+_LAYER_NORMS = {"layer_norm1", "layer_norm2", "final_layer_norm", "pre_layrnorm", "post_layernorm"}
+
+FlatParams = dict[tuple[str, ...], np.ndarray]
+
+
+def _to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """One checkpoint tensor -> (Flax parameter path, value in Flax layout)."""
+    parts = _LAYER.sub(r".layers_\1.", key).split(".")
+    *module, leaf = parts
+    owner = module[-1] if module else ""
+    if leaf == "weight":
+        if owner in ("token_embedding", "position_embedding"):
+            return (*module, "embedding"), value
+        if owner in _LAYER_NORMS:
+            return (*module, "scale"), value
+        if owner == "patch_embedding":
+            return (*module, "kernel"), value.transpose(2, 3, 1, 0)  # (O,I,H,W) -> (H,W,I,O)
+        return (*module, "kernel"), value.T  # Linear (out, in) -> (in, out)
+    return tuple(parts), value
+
+
+def _hf_key(path: tuple[str, ...]) -> str:
+    """Checkpoint name of a Flax parameter path."""
+    *module, leaf = path
+    if leaf in ("embedding", "scale", "kernel"):
+        leaf = "weight"
+    return re.sub(r"\.layers_(\d+)\.", r".layers.\1.", ".".join([*module, leaf]))
+
+
+def _to_hf_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    """Inverse of the transposes in `_to_flax`."""
+    if path[-1] != "kernel":
+        return value
+    return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+
+
+def expected_shapes(config: CLIPConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Every Flax parameter path of `CLIP(config)` with its shape (no compute)."""
+    r, ctx = config.vision.image_size, 1
+    abstract = jax.eval_shape(
+        CLIP(config).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, r, r, config.vision.num_channels), jnp.float32),
+        jax.ShapeDtypeStruct((1, ctx), jnp.int32),
+    )["params"]
+    return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(abstract).items()}
+
+
+def convert(state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "checkpoint") -> dict:
+    """HF state dict (name -> numpy) -> nested Flax `params`, strictly; float32 leaves.
+
+    Raises:
+      ValueError: naming the unused checkpoint keys, the parameters left
+        unfilled (by their checkpoint names) and every shape mismatch.
+    """
+    expected = expected_shapes(config)
+    flat: FlatParams = {}
+    unused, mismatched = [], []
+    seen: set[tuple[str, ...]] = set()  # paths with a checkpoint tensor, matching or not
+    for key, value in state.items():
+        if _BUFFERS.match(key):
+            continue
+        path, converted = _to_flax(key, np.asarray(value))
+        if path not in expected:
+            unused.append(key)
+            continue
+        seen.add(path)
+        if tuple(converted.shape) != expected[path]:
+            want = _to_hf_layout(path, np.empty(expected[path], dtype=np.uint8)).shape
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {tuple(want)}")
+        else:
+            flat[path] = np.asarray(converted, dtype=np.float32)
+    missing = [_hf_key(p) for p in expected if p not in flat and p not in seen]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatches:\n  " + "\n  ".join(mismatched))
+    if unused:
+        problems.append("checkpoint tensors the model does not use:\n  " + "\n  ".join(sorted(unused)))
+    if missing:
+        problems.append("model parameters the checkpoint does not fill:\n  " + "\n  ".join(sorted(missing)))
+    if problems:
+        raise ValueError(
+            f"{source} does not match the CLIP geometry of its config.json:\n" + "\n".join(problems)
+        )
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
+    """Nested Flax `params` -> HF state dict (name -> numpy), e.g. to write a checkpoint."""
+    out = {}
+    for path, value in flax.traverse_util.flatten_dict(dict(params)).items():
+        out[_hf_key(path)] = np.array(_to_hf_layout(path, np.asarray(value)), order="C")
+    return out
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise ValueError(f"cannot read weights file {path} (truncated or corrupt?): {e}") from e
+
+
+def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"{path} is a PyTorch pickle; reading it needs torch (`pip install torch==2.13.0`), "
+            "or convert the checkpoint to model.safetensors"
+        ) from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read weights file {path} (truncated or corrupt?): {e}") from e
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def read_state_dict(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
+    """Loads the weights of an HF checkpoint directory; returns (state dict, file it came from).
+
+    Order: `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`.
+    """
+    directory = os.fspath(directory)
+    single = os.path.join(directory, SAFETENSORS)
+    index = os.path.join(directory, SAFETENSORS_INDEX)
+    torch_bin = os.path.join(directory, TORCH_BIN)
+    if os.path.isfile(single):
+        return _read_safetensors(single), single
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index: {e}") from e
+        state: dict[str, np.ndarray] = {}
+        for shard in shards:
+            shard_path = os.path.join(directory, shard)
+            if not os.path.isfile(shard_path):
+                raise FileNotFoundError(f"{index} lists {shard}, which is missing from {directory}")
+            state.update(_read_safetensors(shard_path))
+        return state, index
+    if os.path.isfile(torch_bin):
+        return _read_torch_bin(torch_bin), torch_bin
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN}"
+    )
