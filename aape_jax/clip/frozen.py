@@ -74,7 +74,8 @@ class FrozenCLIP:
       tokenizer: the checkpoint's tokenizer (original OpenAI BPE rules).
       transform: CLIP's eval preprocessing from preprocessor_config.json.
       dtype: compute dtype of the towers (float32 default; bfloat16 for TPU/GPU).
-      source: where the checkpoint was loaded from.
+      source: the checkpoint directory it was loaded from.
+      weights_file: the weights file read (fingerprinted by the feature stores).
       max_batch: largest chunk per jitted call.
     """
 
@@ -84,6 +85,7 @@ class FrozenCLIP:
     transform: ImageTransform
     dtype: Any = jnp.float32
     source: str = ""
+    weights_file: str = ""
     max_batch: int = 256
 
     @property

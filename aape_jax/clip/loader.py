@@ -69,4 +69,5 @@ def load(path_or_id: str | os.PathLike, dtype: Any = jnp.float32, max_batch: int
         os.path.join(directory, "preprocessor_config.json"), config.vision.image_size
     )
     logging.info("loaded CLIP from %s (%s)", directory, weights_file)
-    return FrozenCLIP(params, config, tokenizer, transform, dtype=dtype, source=directory, max_batch=max_batch)
+    return FrozenCLIP(params, config, tokenizer, transform, dtype=dtype, source=directory,
+                      weights_file=weights_file, max_batch=max_batch)

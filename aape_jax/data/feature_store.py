@@ -1,0 +1,380 @@
+"""On-disk cache of frozen-CLIP outputs (text embeddings, image features).
+
+Stage 1 of the pipeline encodes every image (K augmented views per training
+image) and every prompt once; stage 2 only reads these arrays.  Entries are
+``.npz`` files named by a fingerprint of everything that determines their
+content (model weights digest, data keys, preprocessing, seeds), so reruns and
+sweeps reuse them and any change of input recomputes.
+
+Safety rules, because a silently wrong cache would corrupt every result built
+on it:
+
+* The full key is stored inside the file and compared on load, so a
+  fingerprint-prefix collision or a file copied between stores is caught.
+* Every array's sha256 is stored and checked on load; a ``__complete__``
+  marker is written last-in-dict and required.
+* Writes go to a temp file in the same directory, are fsynced and
+  ``os.replace``d into place: readers see the old file or the new one, never a
+  partial one, and concurrent writers of one entry leave one complete file
+  (the last rename wins).
+* Anything unusable is logged and treated as a miss, so the caller recomputes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import tempfile
+import threading
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from aape_jax.clip.preprocess import ImageTransform, eval_transform, train_augment
+from aape_jax.data.types import Example
+
+__all__ = ["fingerprint", "file_digest", "FeatureStore", "extract_image_features"]
+
+# Reserved array names inside an entry; user arrays may not start with "__".
+_KEY = "__key__"
+_CHECKSUMS = "__checksums__"
+_COMPLETE = "__complete__"
+_FILE_CHUNK = 8 << 20  # 8 MiB: large sequential reads, bounded memory
+
+
+# --------------------------------------------------------------------------- #
+# Fingerprints
+# --------------------------------------------------------------------------- #
+def _array_digest(a: np.ndarray) -> str:
+    """sha256 over dtype, shape and the C-order bytes of `a`.
+
+    dtype and shape are included so e.g. float32 [2, 3] and [3, 2] (same bytes)
+    or an int32 / float32 reinterpretation never collide.
+    """
+    a = np.ascontiguousarray(a)
+    if a.dtype.hasobject:
+        raise TypeError("object arrays cannot be fingerprinted or stored (no stable bytes)")
+    h = hashlib.sha256()
+    h.update(f"{a.dtype.str}|{a.shape}|".encode())
+    h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """`value` as plain JSON data with one spelling per meaning.
+
+    Arrays and bytes are replaced by a content digest (keys stay small and
+    printable); tuples become lists; paths become strings; dataclasses (e.g.
+    ``ImageTransform``) become dicts.  Anything else -- notably objects whose
+    ``str`` holds a memory address -- is a TypeError rather than a key that
+    silently changes between runs.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if not math.isfinite(f):
+            raise ValueError(f"non-finite float {f} in a feature-store key")
+        return f
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": _array_digest(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"__bytes__": hashlib.sha256(bytes(value)).hexdigest()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "__dataclass__": type(value).__name__,
+            **{f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"feature-store key dicts need str keys, got {k!r}")
+            out[k] = _canonical(v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    raise TypeError(
+        f"cannot put a {type(value).__name__} into a feature-store key; use JSON data, "
+        "numpy arrays, bytes, paths or dataclasses of those"
+    )
+
+
+def _canonical_json(parts: Mapping[str, Any]) -> str:
+    return json.dumps(
+        _canonical(parts), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def fingerprint(parts: Mapping[str, Any]) -> str:
+    """sha256 hex digest of the canonical JSON (sorted keys) of `parts`.
+
+    numpy arrays and bytes contribute their content's digest, so e.g. a list of
+    example keys or a weights digest can be passed directly.
+    """
+    return hashlib.sha256(_canonical_json(parts).encode("utf-8")).hexdigest()
+
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+_digest_lock = threading.Lock()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes, streamed in 8 MiB chunks.
+
+    Cached in-process per (real path, size, mtime_ns): checkpoint files are
+    hundreds of MB and are fingerprinted once per feature-store key; a
+    rewritten file changes size or mtime and is hashed again.
+    """
+    real = os.path.realpath(os.fspath(path))
+    st = os.stat(real)
+    cache_key = (real, st.st_size, st.st_mtime_ns)
+    with _digest_lock:
+        hit = _digest_cache.get(cache_key)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        while chunk := f.read(_FILE_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _digest_lock:
+        _digest_cache[cache_key] = digest
+    return digest
+
+
+# --------------------------------------------------------------------------- #
+# Store
+# --------------------------------------------------------------------------- #
+class FeatureStore:
+    """A directory of ``<kind>-<fingerprint[:16]>.npz`` entries.
+
+    Attributes:
+      root: the directory (created on first save).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = pathlib.Path(root)
+
+    def path(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path:
+        """Where the entry for (kind, key) lives; `kind` names the file family."""
+        if not kind or not all(c.isalnum() or c in "_." for c in kind):
+            # kind becomes part of a file name, and "-" separates it from the digest.
+            raise ValueError(f"kind must be non-empty [A-Za-z0-9_.], got {kind!r}")
+        return self.root / f"{kind}-{fingerprint(key)[:16]}.npz"
+
+    def load(self, kind: str, key: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """The stored arrays, or None when absent or unusable (with a warning why)."""
+        path = self.path(kind, key)
+        if not path.exists():
+            return None
+        want_key = _canonical_json(key)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                names = set(npz.files)
+                if _COMPLETE not in names:
+                    return _unusable(path, "no __complete__ marker (interrupted write?)")
+                if _KEY not in names or _CHECKSUMS not in names:
+                    return _unusable(path, "no stored key or checksums (not written by FeatureStore?)")
+                stored_key = str(npz[_KEY][()])
+                if stored_key != want_key:
+                    return _unusable(
+                        path,
+                        f"stored key differs from the requested one (written for other "
+                        f"inputs, e.g. another checkpoint): stored {_short(stored_key)}, "
+                        f"requested {_short(want_key)}",
+                    )
+                checksums = json.loads(str(npz[_CHECKSUMS][()]))
+                arrays = {n: npz[n] for n in names if not n.startswith("__")}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            # np.load raises all of these for truncated / garbled zips.
+            return _unusable(path, f"cannot read it ({type(e).__name__}: {e})")
+        if set(checksums) != set(arrays):
+            return _unusable(
+                path, f"arrays {sorted(arrays)} do not match checksummed {sorted(checksums)}"
+            )
+        for name, a in arrays.items():
+            if _array_digest(a) != checksums[name]:
+                return _unusable(path, f"array {name!r} fails its sha256 checksum (corrupt)")
+        return arrays
+
+    def save(
+        self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+    ) -> pathlib.Path:
+        """Writes the entry atomically and returns its path."""
+        path = self.path(kind, key)
+        arrays = _check_arrays(arrays, path)
+        payload: dict[str, np.ndarray] = dict(arrays)
+        payload[_KEY] = np.array(_canonical_json(key))
+        payload[_CHECKSUMS] = np.array(
+            json.dumps({n: _array_digest(a) for n, a in arrays.items()}, sort_keys=True)
+        )
+        payload[_COMPLETE] = np.array(True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory as the target: os.replace is only atomic within one file system.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        return path
+
+    def get_or_compute(
+        self,
+        kind: str,
+        key: Mapping[str, Any],
+        compute: Callable[[], Mapping[str, np.ndarray]],
+    ) -> dict[str, np.ndarray]:
+        """The stored arrays, or `compute()`'s result after saving it."""
+        path = self.path(kind, key)
+        found = self.load(kind, key)
+        if found is not None:
+            logging.info("reused %s", path)
+            return found
+        arrays = _check_arrays(compute(), path)
+        self.save(kind, key, arrays)
+        logging.info("computed %s", path)
+        return arrays
+
+
+def _check_arrays(arrays: Mapping[str, Any], path: pathlib.Path) -> dict[str, np.ndarray]:
+    out = {}
+    for name, a in arrays.items():
+        if not isinstance(name, str) or not name or name.startswith("__"):
+            raise ValueError(f"{path}: array names must be non-empty and not start with '__', got {name!r}")
+        a = np.asarray(a)
+        if a.dtype.hasobject:
+            raise ValueError(f"{path}: array {name!r} has dtype object, which cannot be stored safely")
+        out[name] = a
+    return out
+
+
+def _unusable(path: pathlib.Path, why: str) -> None:
+    logging.warning("feature store: ignoring %s: %s; it will be recomputed", path, why)
+    return None
+
+
+def _short(s: str, n: int = 200) -> str:
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Makes the rename durable; best effort (not every OS/file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- #
+# Image feature extraction
+# --------------------------------------------------------------------------- #
+def extract_image_features(
+    encode: Callable[[np.ndarray], Any],
+    examples: Sequence[Example],
+    transform: ImageTransform,
+    *,
+    views: int,
+    seed: int,
+    augment: bool,
+    batch_size: int = 64,
+    desc: str = "image features",
+) -> np.ndarray:
+    """Encodes every example (K views each) with a frozen image encoder.
+
+    Args:
+      encode: float32 NHWC pixel batch [n, H, W, 3] -> features [n, D]
+        (e.g. a loaded CLIP's ``encode_image``; may return a jax array).
+      examples: images to encode, in output order.
+      transform: CLIP preprocessing (crop size, normalisation).
+      views: views per example; must be 1 when ``augment`` is False.
+      seed: augmentation seed.  View ``v`` of example ``i`` uses its own
+        ``np.random.default_rng([seed, v, i])``, so the output depends only on
+        (seed, example order, view): not on `batch_size`, and view ``v`` of
+        example ``i`` is unchanged when more views or examples are added.
+      augment: True applies ``train_augment`` (CoOp's random resized crop +
+        flip); False applies the deterministic ``eval_transform``.
+      batch_size: images per `encode` call (a batch may mix examples' views).
+      desc: progress-bar label.
+
+    Returns:
+      float32 [N, views, D].
+
+    Raises:
+      ValueError: bad arguments, inconsistent feature shapes, or a non-finite
+        feature (naming the first offending example's key and view).
+    """
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    if not augment and views != 1:
+        raise ValueError(f"views must be 1 without augmentation (eval views are identical), got {views}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    jobs = [(i, v) for i in range(len(examples)) for v in range(views)]  # example-major
+    out: np.ndarray | None = None
+    with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            if augment:
+                pixels = np.concatenate(
+                    [
+                        train_augment(
+                            examples[i].image, transform, np.random.default_rng([seed, v, i])
+                        )
+                        for i, v in chunk
+                    ]
+                )
+            else:
+                pixels = eval_transform([examples[i].image for i, _ in chunk], transform)
+            feats = np.asarray(encode(pixels), dtype=np.float32)
+            if feats.ndim != 2 or feats.shape[0] != len(chunk):
+                raise ValueError(
+                    f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]"
+                )
+            if out is None:
+                out = np.empty((len(examples), views, feats.shape[1]), dtype=np.float32)
+            elif feats.shape[1] != out.shape[2]:
+                raise ValueError(
+                    f"encode returned width {feats.shape[1]} after {out.shape[2]} in earlier batches"
+                )
+            bad = ~np.isfinite(feats).all(axis=1)
+            if bad.any():
+                i, v = chunk[int(np.argmax(bad))]
+                raise ValueError(
+                    f"non-finite image features for example {examples[i].key!r} (view {v}); "
+                    "check the image and the encoder's dtype/weights"
+                )
+            rows, cols = zip(*chunk)
+            out[list(rows), list(cols)] = feats
+            bar.update(len(chunk))
+    if out is None:
+        # No examples: the feature width is unknown without calling encode.
+        return np.zeros((0, views, 0), dtype=np.float32)
+    return out

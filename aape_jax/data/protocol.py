@@ -1,0 +1,245 @@
+"""The few-shot base-to-new protocol of CoOp / CoCoOp, and its metrics.
+
+* :func:`base_new_split` and :func:`subsample`: CoCoOp's ``subsample_classes``
+  (classes in label order, first ``ceil(n / 2)`` are base, the rest new; kept
+  examples are relabelled ``0..k-1``).
+* :func:`few_shot` and :func:`few_shot_cached`: Dassl's
+  ``generate_fewshot_dataset`` on an explicit numpy generator, and CoOp's
+  practice of saving the chosen images so every method trains on the same shots.
+* :func:`accuracy`, :func:`per_class_accuracy`, :func:`harmonic_mean`,
+  :func:`mean_std`: the numbers reported in base-to-new tables.
+
+The samples are not the ones CoOp's Python ``random`` draws (different RNG), so
+published numbers match in distribution, not image for image; the cache file is
+what makes runs of this project comparable with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from aape_jax.data.types import Example
+
+__all__ = [
+    "base_new_split",
+    "subsample",
+    "few_shot",
+    "few_shot_cached",
+    "accuracy",
+    "per_class_accuracy",
+    "harmonic_mean",
+    "mean_std",
+]
+
+
+# --------------------------------------------------------------------------- #
+# Classes
+# --------------------------------------------------------------------------- #
+def base_new_split(num_classes: int) -> tuple[list[int], list[int]]:
+    """(base, new) class indices: ``range(ceil(n/2))`` and ``range(ceil(n/2), n)``.
+
+    CoCoOp rounds up, so with an odd count base gets the extra class
+    (e.g. 101 Caltech classes -> 51 base, 50 new).
+    """
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    m = math.ceil(num_classes / 2)
+    return list(range(m)), list(range(m, num_classes))
+
+
+def subsample(examples: Sequence[Example], classes: Sequence[int]) -> list[Example]:
+    """Examples whose label is in `classes`, relabelled by position in `classes`.
+
+    Label ``classes[j]`` becomes ``j`` (as CoCoOp's ``subsample_classes`` does),
+    so a model evaluated on the new classes uses only new class names as
+    candidates.  Input order is kept.
+    """
+    relabel = {int(c): j for j, c in enumerate(classes)}
+    if len(relabel) != len(classes):
+        raise ValueError(f"classes must be distinct, got {list(classes)}")
+    return [
+        Example(image=e.image, label=relabel[e.label], key=e.key)
+        for e in examples
+        if e.label in relabel
+    ]
+
+
+# --------------------------------------------------------------------------- #
+# Few-shot sampling
+# --------------------------------------------------------------------------- #
+def few_shot(
+    examples: Sequence[Example], shots: int, seed: int, *, repeat: bool = False
+) -> list[Example]:
+    """Up to `shots` examples per class, drawn without replacement.
+
+    Args:
+      examples: the pool (typically a dataset's train split).
+      shots: examples per class; ``shots <= 0`` (CoOp uses -1) returns all
+        examples unchanged (as a new list).
+      seed: a fresh ``np.random.default_rng(seed)`` drives the whole call, so
+        the same (examples, shots, seed) always give the same result.
+      repeat: what to do with a class that has fewer than `shots` examples.
+        False (the default, as in Dassl's ``generate_fewshot_dataset``, which
+        CoOp/CoCoOp call without ``repeat``) keeps all of that class's
+        examples, in input order; True draws `shots` of them *with*
+        replacement (Dassl's ``repeat=True``), so every class has exactly
+        `shots` examples, some duplicated.
+
+    Returns:
+      Classes in sorted label order; within a class, examples in draw order.
+      Each class's draw is ``rng.choice(len(items), shots, replace=False)``
+      over its items in input order, with one generator shared by the classes
+      in sorted order (so a class's sample depends on the classes before it,
+      as in Dassl).
+    """
+    if shots <= 0:
+        return list(examples)
+    by_label: dict[int, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    rng = np.random.default_rng(seed)
+    out: list[Example] = []
+    for label in sorted(by_label):
+        items = by_label[label]
+        if len(items) >= shots:
+            idx = rng.choice(len(items), shots, replace=False)
+        elif repeat:
+            idx = rng.choice(len(items), shots, replace=True)
+        else:
+            # No draw at all, like Dassl: the generator's state for later
+            # classes is unaffected by whether this class was short.
+            idx = np.arange(len(items))
+        out.extend(items[int(i)] for i in idx)
+    return out
+
+
+def few_shot_cached(
+    examples: Sequence[Example],
+    shots: int,
+    seed: int,
+    cache_path: str | os.PathLike,
+    *,
+    repeat: bool = False,
+) -> list[Example]:
+    """:func:`few_shot`, with the chosen examples saved to / reused from a file.
+
+    The file is JSON ``{"train": [[key, label], ...]}`` (CoOp keeps its few-shot
+    split per seed the same way, so all methods train on the same images).  If
+    it exists, its entries are looked up by key in `examples` and returned in
+    file order, even if `shots` / `seed` would now draw differently: the file
+    is the source of truth.  Otherwise the sample is drawn and written
+    atomically (temp file + ``os.replace``), so a crash or a concurrent run
+    never leaves a half-written file.
+
+    Raises:
+      ValueError: the file is unreadable or malformed, or names keys that are
+        not in `examples` (e.g. it belongs to another dataset or split).
+    """
+    path = pathlib.Path(cache_path)
+    if path.exists():
+        return _read_cache(path, examples)
+    chosen = few_shot(examples, shots, seed, repeat=repeat)
+    payload = {"train": [[e.key, int(e.label)] for e in chosen]}
+    _write_json_atomic(path, payload)
+    return chosen
+
+
+def _read_cache(path: pathlib.Path, examples: Sequence[Example]) -> list[Example]:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        entries = payload["train"]
+        pairs = [(str(k), int(y)) for k, y in entries]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: not a few-shot cache file ({{\"train\": [[key, label], ...]}}): {e}"
+        ) from e
+    by_key = {e.key: e for e in examples}
+    unknown = [k for k, _ in pairs if k not in by_key]
+    if unknown:
+        raise ValueError(
+            f"{path}: {len(unknown)} cached keys are not in the given examples, first "
+            f"{unknown[:5]}; the cache belongs to other data: delete it to resample"
+        )
+    mislabelled = [k for k, y in pairs if by_key[k].label != y]
+    if mislabelled:
+        raise ValueError(
+            f"{path}: cached labels disagree with the examples' labels for keys "
+            f"{mislabelled[:5]}; delete the cache to resample"
+        )
+    return [by_key[k] for k, _ in pairs]
+
+
+def _write_json_atomic(path: pathlib.Path, payload: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave temp files behind, whatever interrupted the write.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- #
+# Metrics
+# --------------------------------------------------------------------------- #
+def _labels_pair(pred: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray):
+    p, y = np.asarray(pred), np.asarray(labels)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"pred and labels must be 1-D of equal length, got {p.shape}, {y.shape}")
+    return p, y
+
+
+def accuracy(pred: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Top-1 accuracy in percent (0-100); `pred` are class indices, not scores."""
+    p, y = _labels_pair(pred, labels)
+    if y.size == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(100.0 * np.mean(p == y))
+
+
+def per_class_accuracy(
+    pred: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray, num_classes: int
+) -> np.ndarray:
+    """float64 [num_classes] accuracy in percent per true class; NaN where a class has no examples."""
+    p, y = _labels_pair(pred, labels)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes - 1}, got {y.min()}..{y.max()}")
+    total = np.bincount(y, minlength=num_classes).astype(np.float64)
+    correct = np.bincount(y[p == y], minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100.0 * correct / total
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """H = 2·B·N / (B + N), the base-to-new summary; 0 when both are 0."""
+    if base < 0 or new < 0:
+        raise ValueError(f"accuracies must be >= 0, got base={base}, new={new}")
+    if base + new == 0:
+        return 0.0
+    return 2.0 * base * new / (base + new)
+
+
+def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(mean, population std, ddof=0) over runs, e.g. the 3 seeds of a table cell.
+
+    ddof=0 because the seeds are the whole set being summarised (and it stays
+    defined for a single run, giving 0); CoOp's ``parse_test_res.py`` computes
+    ``np.std`` with the same default.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("mean_std of no values is undefined")
+    return float(v.mean()), float(v.std(ddof=0))

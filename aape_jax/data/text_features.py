@@ -1,0 +1,80 @@
+"""Prompt and template embeddings from the frozen text encoder, cached in the feature store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from aape_jax.clip.frozen import FrozenCLIP
+from aape_jax.data.feature_store import FeatureStore, file_digest
+
+_CHUNK = 1024  # texts per progress-bar tick
+
+
+def clip_fingerprint(model: FrozenCLIP) -> dict[str, str]:
+    """What makes a CLIP's outputs what they are: weights, tokenizer files, compute dtype."""
+    return {
+        "weights": file_digest(model.weights_file),
+        "vocab": file_digest(os.path.join(model.source, "vocab.json")),
+        "merges": file_digest(os.path.join(model.source, "merges.txt")),
+        "dtype": np.dtype(model.dtype).name,
+    }
+
+
+def encode_texts(model: FrozenCLIP, texts: Sequence[str], desc: str = "text features") -> np.ndarray:
+    """L2-normalised text embeddings np.float32 [N, D], batched through the jitted encoder."""
+    chunks = []
+    for start in tqdm(range(0, len(texts), _CHUNK), desc=desc, unit="chunk", disable=len(texts) <= _CHUNK):
+        z = model.encode_text(model.tokenize(list(texts[start : start + _CHUNK])))
+        chunks.append(z / np.linalg.norm(z, axis=-1, keepdims=True))
+    out = np.concatenate(chunks).astype(np.float32)
+    if not np.isfinite(out).all():
+        bad = texts[int(np.argwhere(~np.isfinite(out).all(-1))[0, 0])]
+        raise ValueError(f"the text encoder gave a non-finite embedding for {bad!r}")
+    return out
+
+
+def prompt_table(
+    model: FrozenCLIP, store: FeatureStore, prompt_sets: Sequence[Sequence[str]], names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encodes prompt sets once (cached) into a padded table.
+
+    Args:
+      model: the frozen CLIP.
+      store: feature store; the entry is keyed by the CLIP fingerprint and the prompts' text.
+      prompt_sets: one list of prompts per row (a class's descriptions, an image's captions).
+      names: a name per row, for errors.
+
+    Returns:
+      Normalised embeddings np.float32 [R, M, D] (zeros where padded) and the mask [R, M].
+    """
+    for name, prompts in zip(names, prompt_sets, strict=True):
+        if not prompts:
+            raise ValueError(f"{name!r} has an empty prompt list")
+    sets = [list(p) for p in prompt_sets]
+    key = {"clip": clip_fingerprint(model), "prompt_sets": sets}
+
+    def compute() -> dict[str, np.ndarray]:
+        unique = sorted({t for s in sets for t in s})
+        z = encode_texts(model, unique, desc="prompt embeddings")
+        row_of = {t: i for i, t in enumerate(unique)}
+        width = max(len(s) for s in sets)
+        table = np.zeros((len(sets), width, z.shape[-1]), np.float32)
+        mask = np.zeros((len(sets), width), bool)
+        for r, s in enumerate(sets):
+            table[r, : len(s)] = z[[row_of[t] for t in s]]
+            mask[r, : len(s)] = True
+        return {"embeddings": table, "mask": mask}
+
+    out = store.get_or_compute("prompts", key, compute)
+    return out["embeddings"], out["mask"]
+
+
+def template_features(model: FrozenCLIP, store: FeatureStore, template: str, classnames: Sequence[str]) -> np.ndarray:
+    """Normalised embeddings of `template` filled with each class name: np.float32 [C, D] (cached)."""
+    texts = [template.format(c) for c in classnames]
+    key = {"clip": clip_fingerprint(model), "texts": texts}
+    return store.get_or_compute("templates", key, lambda: {"z": encode_texts(model, texts, "templates")})["z"]

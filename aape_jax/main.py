@@ -1,0 +1,41 @@
+"""Entry point: `python -m aape_jax.main --config experiments/<exp>.py:<args> --workdir DIR`."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from aape_jax.inference import AAPEClassifier
+from aape_jax.train import load_dataset, train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path:args)", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and summaries")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    # Orbax logs every save phase at INFO; keep ours readable.
+    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(
+        f"base_acc={metrics['base_acc']:.2f} new_acc={metrics['new_acc']:.2f} "
+        f"harmonic_mean={metrics['harmonic_mean']:.2f} train_loss={metrics['train_loss']:.4f}"
+        + (" (random CLIP weights: these accuracies mean nothing)" if metrics["random_weights"] else ""),
+        file=sys.stdout,
+    )
+    # The inference API on a few test images: what a user calls after training.
+    classifier = AAPEClassifier.load(_WORKDIR.value)
+    dataset = load_dataset(_CONFIG.value)
+    sample = dataset.test[:: max(1, len(dataset.test) // 4)][:4]
+    predicted = classifier.predict([e.image for e in sample], dataset.classnames)
+    for example, name in zip(sample, predicted):
+        print(f"{example.key}: predicted {name!r}, true {dataset.classnames[example.label]!r}")
+
+
+if __name__ == "__main__":
+    app.run(main)

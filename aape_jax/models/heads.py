@@ -1,0 +1,149 @@
+"""Task heads: combine the AAPE with the class template into per-image class weights.
+
+Two modes (config `model.combine`):
+  * `token` (default, the paper-faithful reading): a learned linear map takes
+    the AAPE to `num_tokens` token embeddings, inserted right after the start
+    token of each class's template (`[SOS] [AAPE] a photo of a {class}. [EOT]`);
+    the frozen text encoder, through the CLIP seam, gives `w_c(x)` for every
+    (image, class) pair, like CoCoOp.
+  * `feature` (fast): `w_c(x) = n(t_c + P a(x))` with `t_c` the precomputed
+    template embedding; no text encoder in the step. `P` starts at zero, so an
+    untrained head is zero-shot CLIP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aape_jax.clip.model import CLIP
+from aape_jax.clip.tokenizer import Tokenizer
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-12))
+
+
+@flax.struct.dataclass
+class ClassText:
+    """What a head needs of the candidate classes (built once per class list).
+
+    Attributes:
+      features: normalised template embeddings t_c [C, D] (feature mode).
+      ids: template token ids [C, L], L just long enough for the inserted tokens (token mode).
+      eot: position of each template's end-of-text token [C] before insertion (token mode).
+    """
+
+    features: jax.Array
+    ids: jax.Array
+    eot: jax.Array
+
+    @property
+    def num_classes(self) -> int:
+        return self.features.shape[0]
+
+
+def template_ids(tokenizer: Tokenizer, prompts: list[str], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [C, L] and EOT positions [C] with room for `num_tokens` inserted tokens.
+
+    L is the shortest length that holds every prompt plus the inserted tokens,
+    so the text encoder runs on no more positions than it needs.
+    """
+    ids = tokenizer(prompts)
+    eot = tokenizer.eot_positions(ids)
+    needed = int(eot.max()) + 1 + num_tokens
+    if needed > tokenizer.context_length:
+        worst = prompts[int(eot.argmax())]
+        raise ValueError(
+            f"the template {worst!r} plus {num_tokens} AAPE token(s) needs {needed} positions, "
+            f"more than the text encoder's context of {tokenizer.context_length}"
+        )
+    return ids[:, : needed - num_tokens].astype(np.int32), eot.astype(np.int32)
+
+
+def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inserts per-image tokens after [SOS] of every class template.
+
+    Args:
+      template_embeds: token embeddings of the templates [C, L, W].
+      eot: EOT positions of the templates [C].
+      tokens: per-image prompt tokens [B, T, W].
+
+    Returns:
+      Embeddings [B*C, L+T, W] (image-major) and their EOT positions [B*C].
+    """
+    b, t, w = tokens.shape
+    c, length, _ = template_embeds.shape
+    sos = jnp.broadcast_to(template_embeds[None, :, :1], (b, c, 1, w))  # [B, C, 1, W]
+    inserted = jnp.broadcast_to(tokens[:, None].astype(template_embeds.dtype), (b, c, t, w))  # [B, C, T, W]
+    rest = jnp.broadcast_to(template_embeds[None, :, 1:], (b, c, length - 1, w))  # [B, C, L-1, W]
+    x = jnp.concatenate([sos, inserted, rest], axis=2).reshape(b * c, length + t, w)  # [B*C, L+T, W]
+    positions = jnp.broadcast_to(eot[None] + t, (b, c)).reshape(b * c)  # [B*C]
+    return x, positions
+
+
+class FeatureHead(nn.Module):
+    """`w_c(x) = n(t_c + P a(x))`; P is zero at initialisation.
+
+    Attributes:
+      embed_dim: D.
+    """
+
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, aape: jax.Array) -> jax.Array:
+        return nn.Dense(self.embed_dim, use_bias=False, kernel_init=nn.initializers.zeros, name="proj")(aape)
+
+
+class TokenHead(nn.Module):
+    """A linear map from the AAPE to `num_tokens` token embeddings of width W.
+
+    Attributes:
+      num_tokens: prompt tokens inserted per image.
+      token_width: W, the text encoder's token-embedding width.
+      init_std: std of the map's initial weights (CLIP's token embeddings have std ~0.02).
+    """
+
+    num_tokens: int
+    token_width: int
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, aape: jax.Array) -> jax.Array:
+        out = nn.Dense(self.num_tokens * self.token_width, kernel_init=nn.initializers.normal(self.init_std),
+                       name="proj")(aape)  # [B, T*W]
+        return out.reshape(aape.shape[0], self.num_tokens, self.token_width)  # [B, T, W]
+
+
+def class_weights(
+    combine: str,
+    head_out: jax.Array,
+    class_text: ClassText,
+    clip_module: CLIP | None = None,
+    clip_params: Any = None,
+) -> jax.Array:
+    """Per-image normalised class weights [B, C, D] from the head's output.
+
+    Args:
+      combine: "feature" or "token".
+      head_out: `P a(x)` [B, D] (feature) or the prompt tokens [B, T, W] (token).
+      class_text: the candidate classes.
+      clip_module, clip_params: the frozen CLIP (token mode only), passed as arguments.
+    """
+    if combine == "feature":
+        return l2_normalize(class_text.features[None] + head_out[:, None])  # [B, C, D]
+    embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
+    x, eot = insert_tokens(embeds, class_text.eot, head_out)
+    z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*C, D]
+    return l2_normalize(z.reshape(head_out.shape[0], class_text.num_classes, -1))  # [B, C, D]
+
+
+def class_logits(image_features: jax.Array, weights: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """`exp(logit_scale) * cos(f(x), w_c(x))`: [B, D], [B, C, D] -> [B, C]."""
+    return jnp.exp(logit_scale) * jnp.einsum("bd,bcd->bc", l2_normalize(image_features), weights)

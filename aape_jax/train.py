@@ -1,0 +1,364 @@
+"""`train_and_evaluate(config, workdir)`: features -> sharded training -> checkpoints -> base/new/H.
+
+Stages (DESIGN §3): (1) the frozen CLIP encodes prompts, templates and images
+once into the feature store (K augmented views per training image); (2) the
+trainable tree learns from those features with one jitted, data-parallel step
+(pmap as an alternative); (3) evaluation on base and new classes. Resume
+order: this workdir's latest checkpoint > `config.init` > fresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from aape_jax import clip as clip_lib
+from aape_jax import sharding
+from aape_jax.checkpoint import Checkpointer
+from aape_jax.clip.frozen import FrozenCLIP
+from aape_jax.clip.tiny import write_checkpoint
+from aape_jax.data import protocol, synthetic
+from aape_jax.data.feature_store import FeatureStore, extract_image_features, fingerprint
+from aape_jax.data.text_features import clip_fingerprint, prompt_table, template_features
+from aape_jax.data.types import Example, ImageDataset
+from aape_jax.evaluate import predict_classes
+from aape_jax.models.aape import AAPE, AAPEConfig
+from aape_jax.models.heads import ClassText, template_ids
+from aape_jax.prompts import IMAGENET_TEMPLATES, match_classes, read_class_descriptions
+from aape_jax.train_step import LossWeights, StepData, TrainState, make_train_step
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def load_clip(config: ml_collections.ConfigDict, workdir: str) -> FrozenCLIP:
+    """The configured CLIP, or a random one written into the workdir when `config.clip` is empty."""
+    dtype = jnp.dtype(config.clip_dtype)
+    if config.clip:
+        return clip_lib.load(config.clip, dtype=dtype)
+    directory = os.path.join(workdir, "random_clip")
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        if is_main_process():
+            logging.info("writing a randomly initialised %s CLIP to %s", config.random_clip_geometry, directory)
+            write_checkpoint(directory, config.random_clip_geometry, seed=0)
+    return clip_lib.load(directory, dtype=dtype)
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
+    d = config.dataset
+    if d.name == "synthetic":
+        return synthetic.make_dataset(d.synthetic_classes, d.synthetic_train_per_class, d.synthetic_test_per_class,
+                                      seed=0)
+    raise ValueError(f"dataset {d.name!r} is not available; this build knows: synthetic")
+
+
+def class_prompts(config: ml_collections.ConfigDict, classnames: list[str], workdir: str) -> list[list[str]]:
+    """Per-class natural-language prompts, matched to the dataset's class names."""
+    path = config.prompts.path
+    if not path:
+        if config.dataset.name != "synthetic":
+            raise ValueError("config.prompts.path is empty: give a CuPL-format JSON of class descriptions")
+        path = os.path.join(workdir, "prompts.json")
+        if is_main_process():
+            synthetic.write_class_descriptions(path, classnames)
+    fallback = IMAGENET_TEMPLATES if config.prompts.fallback_to_templates else None
+    result = match_classes(classnames, read_class_descriptions(path), dict(config.prompts.aliases),
+                           fallback_templates=fallback, source=path)
+    limit = config.prompts.max_per_class
+    return [p[:limit] if limit > 0 else p for p in result.prompts]
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
+    """SGD or AdamW with linear warmup + cosine decay, weight decay and global-norm clipping."""
+    total = max(1, steps_per_epoch * num_epochs)
+    warmup = min(total - 1, steps_per_epoch * optim.warmup_epochs)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=optim.warmup_lr, peak_value=optim.learning_rate, warmup_steps=warmup, decay_steps=total,
+        end_value=0.0,
+    )
+    if optim.name == "sgd":
+        core = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                           optax.sgd(schedule, momentum=optim.momentum or None))
+    elif optim.name == "adamw":
+        core = optax.adamw(schedule, weight_decay=optim.weight_decay)
+    else:
+        raise ValueError(f"config.optim.name is {optim.name!r}; choose 'sgd' or 'adamw'")
+    return optax.chain(optax.clip_by_global_norm(optim.grad_clip), core) if optim.grad_clip > 0 else core
+
+
+def aape_config(config: ml_collections.ConfigDict, model: FrozenCLIP) -> AAPEConfig:
+    m = config.model
+    return AAPEConfig(
+        embed_dim=model.config.projection_dim, token_width=model.config.text.hidden_size, combine=m.combine,
+        aggregator=m.aggregator, num_heads=m.num_heads, aggregator_hidden=m.aggregator_hidden,
+        generator_hidden=m.generator_hidden, num_tokens=m.num_tokens,
+    )
+
+
+def make_class_text(model: FrozenCLIP, store: FeatureStore | None, template: str, classnames: list[str],
+                    num_tokens: int) -> ClassText:
+    """Template features (feature head) and template ids (token head) for a list of classes."""
+    if store is None:
+        from aape_jax.data.text_features import encode_texts
+
+        features = encode_texts(model, [template.format(c) for c in classnames], "templates")
+    else:
+        features = template_features(model, store, template, classnames)
+    ids, eot = template_ids(model.tokenizer, [template.format(c) for c in classnames], num_tokens)
+    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot))
+
+
+def image_features(model: FrozenCLIP, store: FeatureStore, examples: list[Example], data_key: dict, *,
+                   augment: bool, views: int, seed: int, desc: str) -> np.ndarray:
+    """Cached CLIP image features [N, views, D] (normalised later, in the step)."""
+    key = {
+        "clip": clip_fingerprint(model),
+        "transform": dataclasses.asdict(model.transform),
+        "data": data_key,
+        "examples": [[e.key, e.label] for e in examples],
+        "augment": augment, "views": views, "seed": seed,
+    }
+
+    def compute() -> dict[str, np.ndarray]:
+        z = extract_image_features(model.encode_image, examples, model.transform, views=views, seed=seed,
+                                   augment=augment, batch_size=model.max_batch, desc=desc)
+        return {"z": z}
+
+    return store.get_or_compute("images", key, compute)["z"]
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ training
+
+
+@dataclasses.dataclass
+class Run:
+    """What the training loop needs, assembled once."""
+
+    model: AAPE
+    clip: FrozenCLIP
+    tx: optax.GradientTransformation
+    step_data: StepData
+    features: np.ndarray  # [N, K, D]
+    labels: np.ndarray  # [N]
+    prompt_rows: np.ndarray  # [N]
+    steps_per_epoch: int
+
+
+def epoch_batches(run: Run, config: ml_collections.ConfigDict, epoch: int) -> list[dict[str, np.ndarray]]:
+    """The epoch's batches: a permutation and a view per image, from (seed, epoch) only."""
+    rng = np.random.default_rng([config.seed, epoch])
+    n, k = run.features.shape[:2]
+    order = rng.permutation(n)
+    views = rng.integers(0, k, size=n)
+    batches = []
+    for b in range(run.steps_per_epoch):
+        idx = order[b * config.batch_size : (b + 1) * config.batch_size]  # drop_last, as Dassl
+        batches.append({
+            "features": run.features[idx, views[idx]],
+            "labels": run.labels[idx].astype(np.int32),
+            "prompt_rows": run.prompt_rows[idx].astype(np.int32),
+            "index": (epoch * n + np.arange(b * config.batch_size, (b + 1) * config.batch_size)).astype(np.int32),
+        })
+    return batches
+
+
+def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple[Callable, Callable, Callable]:
+    """Returns (place_state, step, fetch_state) for the configured parallelism.
+
+    jit: NamedSharding, batch on `data`, everything else replicated, the state
+    donated. pmap: the same step under `jax.pmap` with gradient `pmean`.
+    """
+    weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
+    base_key = jax.random.key(config.seed)
+    if config.parallelism == "jit":
+        step = make_train_step(run.model, run.clip.module, run.tx, weights)
+        rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+        jitted = jax.jit(step, in_shardings=(rep, batch, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+        data = sharding.replicate(run.step_data, mesh)
+        key = sharding.replicate(base_key, mesh)
+        return (lambda s: sharding.replicate(s, mesh),
+                lambda s, b: jitted(s, sharding.global_batch(b, mesh), data, key),
+                lambda s: s)
+    if config.parallelism == "pmap":
+        devices = list(mesh.devices.flat)
+        n = len(devices)
+        step = make_train_step(run.model, run.clip.module, run.tx, weights, axis_name=sharding.DATA_AXIS)
+        pmapped = jax.pmap(step, axis_name=sharding.DATA_AXIS, in_axes=(0, 0, None, None), donate_argnums=0,
+                           devices=devices)
+        split = lambda b: {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in b.items()}
+
+        def run_step(s, b):
+            s, metrics = pmapped(s, split(b), run.step_data, base_key)
+            return s, jax.tree.map(lambda x: x[0], metrics)
+
+        return (lambda s: jax.device_put_replicated(s, devices), run_step,
+                lambda s: jax.tree.map(lambda x: x[0], s))
+    raise ValueError(f"config.parallelism is {config.parallelism!r}; choose 'jit' or 'pmap'")
+
+
+def initial_state(run: Run, config: ml_collections.ConfigDict, ckpt: Checkpointer) -> tuple[TrainState, dict]:
+    """Resume from this workdir > initialise from `config.init` > fresh."""
+    d = run.step_data
+    q = jnp.zeros((1, d.prompts.shape[-1]))
+    params = run.model.init(jax.random.key(config.seed), q, d.prompts[:1], d.prompt_mask[:1])["params"]
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=run.tx.init(params))
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        logging.info("resuming from step %d in %s", int(state.step), ckpt.directory)
+        return state, meta
+    if config.init:
+        init_ckpt = Checkpointer(os.path.join(config.init, "checkpoints"), async_save=False)
+        restored, _ = init_ckpt.restore(state)
+        init_ckpt.close()
+        logging.info("initialised the trainable tree from %s", config.init)
+        return dataclasses.replace(state, params=restored.params), {}
+    return state, {}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the whole pipeline; returns (and writes) the metrics dict."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if is_main_process():
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), {"config": config.to_dict(), "git": git_revision()})
+    mesh = sharding.make_mesh(config.num_devices or None)
+    sharding.check_divisible(config.batch_size, mesh)
+    store = FeatureStore(config.feature_store or os.path.join(workdir, "feature_store"))
+
+    # Stage 1: the frozen CLIP, once, into the store.
+    model_clip = load_clip(config, workdir)
+    dataset = load_dataset(config)
+    base, new = protocol.base_new_split(len(dataset.classnames))
+    base_names = [dataset.classnames[i] for i in base]
+    new_names = [dataset.classnames[i] for i in new]
+    train = protocol.few_shot(protocol.subsample(dataset.train, base), config.dataset.shots, config.seed)
+    if len(train) < config.batch_size:
+        raise ValueError(f"{len(train)} training images are fewer than batch_size {config.batch_size}")
+    prompts = class_prompts(config, dataset.classnames, workdir)
+    table, mask = prompt_table(model_clip, store, [prompts[i] for i in base], base_names)
+    data_key = {"dataset": config.dataset.to_dict()}
+    train_z = image_features(model_clip, store, train, data_key, augment=True, views=config.dataset.num_views,
+                             seed=config.seed, desc="train image features")
+
+    aape_cfg = aape_config(config, model_clip)
+    class_text = make_class_text(model_clip, store, config.model.template, base_names, aape_cfg.num_tokens)
+    labels = np.array([e.label for e in train])
+    steps_per_epoch = len(train) // config.batch_size
+    run = Run(
+        model=AAPE(aape_cfg), clip=model_clip,
+        tx=make_optimizer(config.optim, steps_per_epoch, config.num_epochs),
+        step_data=StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask), class_text=class_text,
+                           clip_params=model_clip.params if aape_cfg.combine == "token" else None,
+                           logit_scale=jnp.asarray(model_clip.params["logit_scale"])),
+        features=train_z, labels=labels, prompt_rows=labels, steps_per_epoch=steps_per_epoch,
+    )
+
+    # Stage 2: training.
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep)
+    state, meta = initial_state(run, config, ckpt)
+    history: list[dict] = list(meta.get("history", []))
+    start_epoch = int(state.step) // steps_per_epoch
+    place, step_fn, fetch = make_step_runner(run, config, mesh)
+    state = place(state)
+    writer = _summary_writer(workdir)
+    for epoch in tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
+                      total=config.num_epochs, disable=not is_main_process()):
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        for batch in epoch_batches(run, config, epoch):
+            state, metrics = step_fn(state, batch)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not math.isfinite(metrics["loss"]):
+                step_no = int(jax.device_get(fetch(state).step))
+                raise FloatingPointError(
+                    f"training loss is {metrics['loss']} at step {step_no} (epoch {epoch + 1}); "
+                    f"loss parts: { {k: metrics[k] for k in ('ce', 'distill', 'agg')} }"
+                )
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+        record = {k: v / steps_per_epoch for k, v in sums.items()}
+        record.update(epoch=epoch + 1, seconds=time.time() - t0)
+        history.append(record)
+        logging.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+        if writer is not None:
+            for k, v in record.items():
+                writer.add_scalar(f"train/{k}", v, epoch + 1)
+        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
+            ckpt.save(int((epoch + 1) * steps_per_epoch), fetch(state), {"history": history})
+    ckpt.close()
+    params = fetch(state).params
+
+    # Stage 3: evaluation on base and new classes (the generator and head only).
+    results = {}
+    for split, names, classes in (("base", base_names, base), ("new", new_names, new)):
+        test = protocol.subsample(dataset.test, classes)
+        z = image_features(model_clip, store, test, data_key, augment=False, views=1, seed=0,
+                           desc=f"{split} test features")[:, 0]
+        ct = make_class_text(model_clip, store, config.model.template, names, aape_cfg.num_tokens)
+        pred = predict_classes(run.model, model_clip, params, z, ct, mesh, config.eval_batch_size)
+        results[f"{split}_acc"] = protocol.accuracy(pred, [e.label for e in test])
+        results[f"{split}_per_class_acc"] = protocol.per_class_accuracy(
+            pred, [e.label for e in test], len(names)).tolist()
+    metrics = {
+        "base_acc": results["base_acc"],
+        "new_acc": results["new_acc"],
+        "harmonic_mean": protocol.harmonic_mean(results["base_acc"], results["new_acc"]),
+        "train_loss": history[-1]["loss"] if history else float("nan"),
+        "base_per_class_acc": results["base_per_class_acc"],
+        "new_per_class_acc": results["new_per_class_acc"],
+        "history": history,
+        "num_devices": int(mesh.size),
+        "random_weights": not config.clip,
+    }
+    if writer is not None:
+        for k in ("base_acc", "new_acc", "harmonic_mean"):
+            writer.add_scalar(f"eval/{k}", metrics[k], config.num_epochs)
+        writer.close()
+    if is_main_process():
+        write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
+    logging.info("base %.2f new %.2f H %.2f", metrics["base_acc"], metrics["new_acc"], metrics["harmonic_mean"])
+    return metrics
+
+
+def _summary_writer(workdir: str):
+    if not is_main_process():
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(os.path.join(workdir, "tensorboard"))
