@@ -227,7 +227,8 @@ def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple
             s, metrics = pmapped(s, split(b), run.step_data, base_key)
             return s, jax.tree.map(lambda x: x[0], metrics)
 
-        return (lambda s: jax.device_put_replicated(s, devices), run_step,
+        stack = lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), s)  # [n, ...] per leaf
+        return (stack, run_step,
                 lambda s: jax.tree.map(lambda x: x[0], s))
     raise ValueError(f"config.parallelism is {config.parallelism!r}; choose 'jit' or 'pmap'")
 

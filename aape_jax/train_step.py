@@ -126,7 +126,7 @@ def make_train_step(
             parts = jax.lax.pmean(parts, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(parts, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+        metrics = dict(parts, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

@@ -17,14 +17,11 @@ import shutil
 from collections.abc import Iterable
 
 import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
 from aape_jax.clip import weights
 from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
-from aape_jax.clip.model import CLIP
 from aape_jax.clip.tokenizer import write_byte_level_vocab
 
 GEOMETRIES: dict[str, CLIPConfig] = {
@@ -65,6 +62,29 @@ def _preprocessor_config(image_size: int) -> dict:
         "rescale_factor": 1 / 255,
         "size": {"shortest_edge": image_size},
     }
+
+
+def random_params(config: CLIPConfig, seed: int = 0) -> dict:
+    """A random Flax parameter tree for `config`, drawn in numpy.
+
+    Initialising through Flax runs (or compiles) the whole forward pass, which
+    takes seconds even for the tiny geometry; shapes come from `eval_shape`
+    instead. Like transformers' CLIP init: weights ~ N(0, 0.02), biases 0,
+    LayerNorm scales 1; the logit scale is CLIP's trained log(100).
+    """
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, shape in weights.expected_shapes(config).items():
+        leaf = path[-1]
+        if path == ("logit_scale",):
+            flat[path] = np.asarray(np.log(100.0), np.float32)
+        elif leaf == "bias":
+            flat[path] = np.zeros(shape, np.float32)
+        elif leaf == "scale":
+            flat[path] = np.ones(shape, np.float32)
+        else:
+            flat[path] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 def write_checkpoint(
@@ -116,18 +136,11 @@ def write_checkpoint(
         texts = [_DEFAULT_CORPUS, *corpus] * 8 + [filler]
         write_byte_level_vocab(directory, texts, config.text.vocab_size)
 
-    r = config.vision.image_size
-    params = CLIP(config).init(
-        jax.random.key(seed), jnp.zeros((1, r, r, config.vision.num_channels)), jnp.zeros((1, 1), jnp.int32)
-    )["params"]
-    params = flax.core.unfreeze(params)
-    # CLIP's trained temperature (log 100) rather than the init value, like a real checkpoint.
-    params["logit_scale"] = jnp.asarray(np.log(100.0), jnp.float32)
-    save_file(weights.to_state_dict(params), os.path.join(directory, weights.SAFETENSORS))
+    save_file(weights.to_state_dict(random_params(config, seed)), os.path.join(directory, weights.SAFETENSORS))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
-        json.dump(_preprocessor_config(r), f, indent=2)
+        json.dump(_preprocessor_config(config.vision.image_size), f, indent=2)
     return directory
 
 

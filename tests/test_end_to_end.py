@@ -1,0 +1,194 @@
+"""runlocal end to end: training, 1 vs 8 devices, resume after SIGKILL, inference API, export, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from aape_jax import AAPEClassifier, ExportedClassifier, train
+from aape_jax.checkpoint import CheckpointError
+from aape_jax.data import protocol
+from experiments import aape_base2new
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(store, **overrides):
+    config = aape_base2new.get_config("runlocal")
+    config.feature_store = str(store)
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature_store")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, store):
+    workdir = tmp_path_factory.mktemp("run8")
+    return str(workdir), train.train_and_evaluate(_config(store), str(workdir))
+
+
+def test_runlocal_trains_and_writes_metrics(trained):
+    workdir, metrics = trained
+    history = [h["loss"] for h in metrics["history"]]
+    assert history[-1] < history[0]
+    on_disk = json.load(open(os.path.join(workdir, "metrics.json")))
+    for key in ("base_acc", "new_acc", "harmonic_mean", "train_loss", "history"):
+        assert key in on_disk
+    assert on_disk["harmonic_mean"] == pytest.approx(
+        protocol.harmonic_mean(on_disk["base_acc"], on_disk["new_acc"]))
+    assert on_disk["train_loss"] == pytest.approx(history[-1])
+    assert metrics["num_devices"] == 8
+    run_config = json.load(open(os.path.join(workdir, "config.json")))
+    assert run_config["config"]["model"]["combine"] == "token" and run_config["git"]
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    # Only the trainable tree is checkpointed: no CLIP-sized arrays in there.
+    ckpt_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(workdir, "checkpoints"))
+                     for f in fs)
+    clip_bytes = os.path.getsize(os.path.join(workdir, "random_clip", "model.safetensors"))
+    assert ckpt_bytes < clip_bytes
+
+
+def test_one_device_gives_the_same_train_loss(trained, store, tmp_path):
+    _, eight = trained
+    one = train.train_and_evaluate(_config(store, num_devices=1), str(tmp_path))
+    assert one["num_devices"] == 1
+    assert one["train_loss"] == pytest.approx(eight["train_loss"], rel=1e-3)
+
+
+def test_classifier_reproduces_the_evaluator(trained):
+    workdir, metrics = trained
+    config = _config("unused")
+    dataset = train.load_dataset(config)
+    base, new = protocol.base_new_split(len(dataset.classnames))
+    clf = AAPEClassifier.load(workdir)
+    for split, classes in (("base", base), ("new", new)):
+        test = protocol.subsample(dataset.test, classes)
+        names = [dataset.classnames[i] for i in classes]
+        probs = clf.predict_proba([e.image for e in test], names)
+        assert probs.shape == (len(test), len(names)) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+        acc = protocol.accuracy(probs.argmax(-1), [e.label for e in test])
+        assert acc == pytest.approx(metrics[f"{split}_acc"], abs=1e-9)
+    assert clf.predict([dataset.test[0].image], names)[0] in names
+
+
+def test_export_round_trip(trained, tmp_path):
+    workdir, _ = trained
+    clf = AAPEClassifier.load(workdir)
+    names = ["red circle", "white ring", "a class never trained on"]
+    images = [e.image for e in train.load_dataset(_config("unused")).test[:5]]
+    path = tmp_path / "scores.bin"
+    clf.export(names, path)
+    exported = ExportedClassifier.load(path)
+    assert exported.class_names == names
+    np.testing.assert_allclose(exported(images), clf.predict_proba(images, names), atol=1e-5)
+    np.testing.assert_allclose(exported(images[:2]), clf.predict_proba(images[:2], names), atol=1e-5)
+
+
+def _main(workdir, store, *extra):
+    return [sys.executable, "-m", "aape_jax.main", "--config", "experiments/aape_base2new.py:runlocal",
+            f"--config.feature_store={store}", f"--workdir={workdir}", *extra]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(store, tmp_path):
+    extra = ["--config.num_epochs=40", "--config.model.combine=feature"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    reference = tmp_path / "reference"
+    subprocess.run(_main(reference, store, *extra), cwd=REPO, env=env, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_main(killed, store, *extra), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpts = killed / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 20 for p in ckpts.iterdir()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "metrics.json").exists()
+    subprocess.run(_main(killed, store, *extra), cwd=REPO, env=env, check=True, capture_output=True)
+    a = json.load(open(reference / "metrics.json"))
+    b = json.load(open(killed / "metrics.json"))
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    for key in ("base_acc", "new_acc", "harmonic_mean", "train_loss"):
+        assert a[key] == b[key]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_overwritten(trained, store, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained[0], workdir)
+    latest = max(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+    step_dir = workdir / "checkpoints" / str(latest)
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if os.path.getsize(os.path.join(r, f))]
+    for f in files:
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 3)
+    snapshot = {f: open(f, "rb").read() for f in files}
+    with pytest.raises(CheckpointError, match=str(workdir / "checkpoints")):
+        train.train_and_evaluate(_config(store), str(workdir))
+    assert {f: open(f, "rb").read() for f in files} == snapshot
+
+
+def test_nan_features_stop_training_naming_the_step(store, tmp_path, monkeypatch):
+    real = train.image_features
+
+    def poisoned(*args, **kwargs):
+        z = real(*args, **kwargs)
+        if kwargs.get("augment"):
+            z = z.copy()
+            z[3, :, 0] = np.nan
+        return z
+
+    monkeypatch.setattr(train, "image_features", poisoned)
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step \d+ \(epoch 1\)"):
+        train.train_and_evaluate(_config(store), str(tmp_path))
+
+
+def test_prompt_file_problems(store, tmp_path):
+    names = train.load_dataset(_config("unused")).classnames
+    prompts = {n: [f"a {n}."] for n in names[1:]}
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(prompts))
+    with pytest.raises(ValueError, match=names[0]):
+        train.train_and_evaluate(_config(store, **{"prompts.path": str(path)}), str(tmp_path / "w1"))
+    prompts[names[0]] = []
+    path.write_text(json.dumps(prompts))
+    with pytest.raises(ValueError, match=names[0]):
+        train.train_and_evaluate(_config(store, **{"prompts.path": str(path)}), str(tmp_path / "w2"))
+
+
+def test_feature_cache_of_another_checkpoint_is_not_used(store, tmp_path):
+    from aape_jax import clip
+    from aape_jax.clip import tiny
+    from aape_jax.data.feature_store import FeatureStore
+    from aape_jax.data.text_features import template_features
+
+    fs = FeatureStore(tmp_path / "fs")
+    a = clip.load(tiny.write_checkpoint(tmp_path / "a", seed=0))
+    b = clip.load(tiny.write_checkpoint(tmp_path / "b", seed=1))
+    za = template_features(a, fs, "a photo of a {}.", ["cat", "dog"])
+    zb = template_features(b, fs, "a photo of a {}.", ["cat", "dog"])
+    assert not np.allclose(za, zb)
+    np.testing.assert_allclose(zb, b.encode_text(b.tokenize(["a photo of a cat.", "a photo of a dog."]))
+                               / np.linalg.norm(b.encode_text(b.tokenize(["a photo of a cat.", "a photo of a dog."])),
+                                                axis=-1, keepdims=True), atol=1e-6)

@@ -1,0 +1,121 @@
+"""The sharded train step: 8 devices == 1 device, pmap == jit, CLIP untouched, one trace."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from aape_jax import clip, sharding, train
+from aape_jax.clip import tiny
+from aape_jax.models.aape import AAPE, AAPEConfig
+from aape_jax.train_step import LossWeights, StepData, TrainState, make_train_step
+
+NUM_CLASSES, N, K, M = 4, 32, 2, 5
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory):
+    return clip.load(tiny.write_checkpoint(tmp_path_factory.mktemp("clip")))
+
+
+def _config(parallelism="jit", num_devices=0, aggregator="attention"):
+    c = ml_collections.ConfigDict()
+    c.seed, c.batch_size, c.parallelism, c.num_devices = 3, 16, parallelism, num_devices
+    c.loss = ml_collections.ConfigDict({"distill_weight": 1.0, "aggregator_weight": 1.0})
+    c.optim = ml_collections.ConfigDict({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                                         "warmup_epochs": 1, "warmup_lr": 1e-3, "grad_clip": 1.0})
+    c.model = ml_collections.ConfigDict({"aggregator": aggregator})
+    return c
+
+
+def _run(frozen, combine, config):
+    rng = np.random.default_rng(0)
+    d = frozen.config.projection_dim
+    prompts = rng.normal(size=(NUM_CLASSES, M, d)).astype(np.float32)
+    prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
+    mask = np.arange(M)[None] < np.array([5, 3, 4, 2])[:, None]
+    names = ["red circle", "blue square", "green triangle", "yellow star"]
+    class_text = train.make_class_text(frozen, None, "a photo of a {}.", names, 1)
+    labels = np.arange(N) % NUM_CLASSES
+    model = AAPE(AAPEConfig(d, frozen.config.text.hidden_size, combine=combine, aggregator=config.model.aggregator,
+                            num_heads=4, generator_hidden=8))
+    steps = N // config.batch_size
+    return train.Run(
+        model=model, clip=frozen, tx=train.make_optimizer(config.optim, steps, 3),
+        step_data=StepData(jnp.asarray(prompts), jnp.asarray(mask), class_text,
+                           frozen.params if combine == "token" else None, jnp.asarray(frozen.params["logit_scale"])),
+        features=rng.normal(size=(N, K, d)).astype(np.float32), labels=labels, prompt_rows=labels,
+        steps_per_epoch=steps,
+    )
+
+
+def _train(run, config, epochs=2):
+    mesh = sharding.make_mesh(config.num_devices or None)
+    d = run.step_data
+    params = run.model.init(jax.random.key(0), jnp.zeros((1, d.prompts.shape[-1])), d.prompts[:1],
+                            d.prompt_mask[:1])["params"]
+    state = TrainState(jnp.asarray(0, jnp.int32), params, run.tx.init(params))
+    place, step, fetch = train.make_step_runner(run, config, mesh)
+    state = place(state)
+    losses = []
+    for epoch in range(epochs):
+        for batch in train.epoch_batches(run, config, epoch):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+    return jax.device_get(fetch(state)), losses
+
+
+@pytest.mark.parametrize("combine", ["token", "feature"])
+def test_eight_devices_equal_one(frozen, combine):
+    one, losses1 = _train(_run(frozen, combine, _config(num_devices=1)), _config(num_devices=1))
+    eight, losses8 = _train(_run(frozen, combine, _config()), _config())
+    assert jax.device_count() == 8
+    np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
+    chex.assert_trees_all_close(one.params, eight.params, atol=1e-5)
+    assert losses1[-1] < losses1[0]
+
+
+@pytest.mark.parametrize("aggregator", ["attention", "random"])
+def test_pmap_equals_jit(frozen, aggregator):
+    jit_state, jit_losses = _train(_run(frozen, "token", _config(aggregator=aggregator)), _config(aggregator=aggregator))
+    cfg = _config("pmap", aggregator=aggregator)
+    pmap_state, pmap_losses = _train(_run(frozen, "token", cfg), cfg)
+    np.testing.assert_allclose(jit_losses, pmap_losses, rtol=1e-5)
+    chex.assert_trees_all_close(jit_state.params, pmap_state.params, atol=1e-5)
+    assert int(pmap_state.step) == int(jit_state.step) == 4
+
+
+def test_clip_untouched_and_single_trace(frozen):
+    config = _config()
+    run = _run(frozen, "token", config)
+    before = jax.tree.map(np.array, frozen.params)
+    mesh = sharding.make_mesh()
+    step = chex.assert_max_traces(
+        make_train_step(run.model, frozen.module, run.tx, LossWeights()), n=1)
+    rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    jitted = jax.jit(step, in_shardings=(rep, bat, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+    d = run.step_data
+    params = run.model.init(jax.random.key(0), jnp.zeros((1, d.prompts.shape[-1])), d.prompts[:1],
+                            d.prompt_mask[:1])["params"]
+    state = sharding.replicate(TrainState(jnp.asarray(0, jnp.int32), params, run.tx.init(params)), mesh)
+    data = sharding.replicate(d, mesh)
+    key = jax.random.key(0)
+    for epoch in range(3):
+        for batch in train.epoch_batches(run, config, epoch):
+            state, _ = jitted(state, sharding.global_batch(batch, mesh), data, key)
+    assert int(state.step) == 6
+    chex.assert_trees_all_equal(before, jax.tree.map(np.array, frozen.params))
+    chex.assert_trees_all_equal(before, jax.tree.map(np.array, jax.device_get(data.clip_params)))
+
+
+def test_batch_not_divisible_by_devices():
+    with pytest.raises(ValueError, match="batch_size 12 is not divisible by the 8 devices"):
+        sharding.check_divisible(12, sharding.make_mesh())
+
+
+def test_unknown_parallelism(frozen):
+    config = _config("vmap")
+    with pytest.raises(ValueError, match="parallelism is 'vmap'"):
+        train.make_step_runner(_run(frozen, "feature", config), config, sharding.make_mesh())
