@@ -43,6 +43,9 @@ class AAPEConfig:
             raise ValueError(f"model.combine is {self.combine!r}; choose one of {COMBINE_MODES}")
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"model.aggregator is {self.aggregator!r}; choose one of {tuple(AGGREGATORS)}")
+        for name in ("num_heads", "aggregator_hidden", "generator_hidden", "num_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.aggregator == "attention" and self.embed_dim % self.num_heads:
             raise ValueError(f"model.num_heads={self.num_heads} does not divide the embedding width {self.embed_dim}")
 
