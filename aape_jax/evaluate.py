@@ -18,12 +18,12 @@ _LOGITS_CACHE: dict[tuple, Any] = {}
 
 
 def sharded_logits_fn(model: AAPE, clip: FrozenCLIP, mesh: Mesh):
-    """The jitted `logits(params, features, class_text, clip_params, logit_scale)`, batch on `data`."""
+    """The jitted `logits(params, features, class_text, clip_params, logit_scale)`, input batch on `data`."""
     key = (model, clip.module, mesh)
     if key not in _LOGITS_CACHE:
         rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
         _LOGITS_CACHE[key] = jax.jit(make_logits_fn(model, clip.module), in_shardings=(rep, batch, rep, rep, rep),
-                                     out_shardings=batch)
+                                     out_shardings=rep)  # replicated: every process reads all logits
     return _LOGITS_CACHE[key]
 
 
@@ -34,12 +34,14 @@ def logits(model: AAPE, clip: FrozenCLIP, params: Any, features: np.ndarray, cla
     batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
     fn = sharded_logits_fn(model, clip, mesh)
     clip_params = clip.params if model.config.combine == "token" else None
-    scale = clip.params["logit_scale"]
+    params, class_text, clip_params, scale = sharding.replicate(
+        (params, class_text, clip_params, clip.params["logit_scale"]), mesh)
     out = []
     for start in range(0, len(features), batch_size):
         chunk = np.asarray(features[start : start + batch_size], np.float32)
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-        out.append(np.asarray(fn(params, padded, class_text, clip_params, scale))[: len(chunk)])
+        batch = sharding.global_batch({"z": padded}, mesh)["z"]
+        out.append(np.asarray(fn(params, batch, class_text, clip_params, scale))[: len(chunk)])
     return np.concatenate(out)
 
 

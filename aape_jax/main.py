@@ -1,17 +1,25 @@
-"""Entry point: `python -m aape_jax.main --config experiments/<exp>.py:<args> --workdir DIR`."""
+"""Entry point: `python -m aape_jax.main --config experiments/<exp>.py:<args> --workdir DIR`.
+
+Multi-host: every process runs the same command. On Cloud TPU pods and Slurm
+`jax.distributed` is configured automatically; elsewhere pass
+`--coordinator_address HOST:PORT --num_processes N --process_id I`.
+On SIGTERM a run checkpoints at the next step boundary and exits with code 75
+(`aape_jax.distributed.PREEMPTED_EXIT_CODE`); the same command resumes it.
+"""
 
 from __future__ import annotations
 
-import sys
-
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aape_jax.inference import AAPEClassifier
-from aape_jax.train import load_dataset, train_and_evaluate
+from aape_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path:args)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and summaries")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0's coordinator")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: index of this process")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -21,13 +29,22 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     # Orbax logs every save phase at INFO; keep ours readable.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+    # Imported after jax.distributed is initialised: nothing may touch a backend before.
+    from aape_jax.inference import AAPEClassifier
+    from aape_jax.train import load_dataset, train_and_evaluate
+
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if not distributed.is_main_process():
+        return
     print(
         f"base_acc={metrics['base_acc']:.2f} new_acc={metrics['new_acc']:.2f} "
         f"harmonic_mean={metrics['harmonic_mean']:.2f} train_loss={metrics['train_loss']:.4f}"
-        + (" (random CLIP weights: these accuracies mean nothing)" if metrics["random_weights"] else ""),
-        file=sys.stdout,
+        + (" (random CLIP weights: these accuracies mean nothing)" if metrics["random_weights"] else "")
     )
+    if jax.process_count() > 1:
+        return  # the inference API below is single-process (its Orbax restore would wait for the others)
     # The inference API on a few test images: what a user calls after training.
     classifier = AAPEClassifier.load(_WORKDIR.value)
     dataset = load_dataset(_CONFIG.value)

@@ -40,16 +40,27 @@ def check_divisible(batch_size: int, mesh: Mesh) -> None:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {n} devices of the data axis")
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows of a batch -> global arrays sharded on `data`.
+def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A global batch (the same on every process) -> global arrays sharded on `data`.
 
-    Every process passes its own slice (on one host: the whole batch);
-    `make_array_from_process_local_data` stitches them into one global array.
+    Each process hands over only its contiguous share of the rows, the ones
+    its own devices hold; `make_array_from_process_local_data` stitches the
+    shares into one global array.
     """
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        rows = len(v) // jax.process_count()
+        local = v[jax.process_index() * rows : (jax.process_index() + 1) * rows]
+        out[k] = jax.make_array_from_process_local_data(sharding, local, v.shape)
+    return out
 
 
 def replicate(tree, mesh: Mesh):
-    """Places a host pytree on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places a pytree (the same on every process) on every device of the mesh.
+
+    Leaves go through host memory first: a multi-process mesh accepts host
+    values, not arrays committed to one local device.
+    """
+    return jax.device_put(jax.tree.map(np.asarray, tree), replicated(mesh))

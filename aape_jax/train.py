@@ -27,7 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from aape_jax import clip as clip_lib
-from aape_jax import sharding
+from aape_jax import distributed, sharding
 from aape_jax.checkpoint import Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
@@ -45,10 +45,6 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 
 
-def is_main_process() -> bool:
-    return jax.process_index() == 0
-
-
 # ------------------------------------------------------------------ set-up
 
 
@@ -59,9 +55,10 @@ def load_clip(config: ml_collections.ConfigDict, workdir: str) -> FrozenCLIP:
         return clip_lib.load(config.clip, dtype=dtype)
     directory = os.path.join(workdir, "random_clip")
     if not os.path.isfile(os.path.join(directory, "config.json")):
-        if is_main_process():
+        if distributed.is_main_process():
             logging.info("writing a randomly initialised %s CLIP to %s", config.random_clip_geometry, directory)
             write_checkpoint(directory, config.random_clip_geometry, seed=0)
+        distributed.barrier("random clip written")
     return clip_lib.load(directory, dtype=dtype)
 
 
@@ -80,8 +77,9 @@ def class_prompts(config: ml_collections.ConfigDict, classnames: list[str], work
         if config.dataset.name != "synthetic":
             raise ValueError("config.prompts.path is empty: give a CuPL-format JSON of class descriptions")
         path = os.path.join(workdir, "prompts.json")
-        if is_main_process():
+        if distributed.is_main_process():
             synthetic.write_class_descriptions(path, classnames)
+        distributed.barrier("prompts written")
     fallback = IMAGENET_TEMPLATES if config.prompts.fallback_to_templates else None
     result = match_classes(classnames, read_class_descriptions(path), dict(config.prompts.aliases),
                            fallback_templates=fallback, source=path)
@@ -140,12 +138,12 @@ def image_features(model: FrozenCLIP, store: FeatureStore, examples: list[Exampl
         "augment": augment, "views": views, "seed": seed,
     }
 
-    def compute() -> dict[str, np.ndarray]:
+    def compute(rows: slice) -> dict[str, np.ndarray]:
         z = extract_image_features(model.encode_image, examples, model.transform, views=views, seed=seed,
-                                   augment=augment, batch_size=model.max_batch, desc=desc)
+                                   augment=augment, batch_size=model.max_batch, desc=desc, rows=rows)
         return {"z": z}
 
-    return store.get_or_compute("images", key, compute)["z"]
+    return store.get_or_compute_sharded("images", key, len(examples), compute)["z"]
 
 
 def git_revision() -> str:
@@ -205,7 +203,7 @@ def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple
     donated. pmap: the same step under `jax.pmap` with gradient `pmean`.
     """
     weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
-    base_key = jax.random.key(config.seed)
+    base_key = jax.random.PRNGKey(config.seed)  # raw uint32 key: it replicates through host memory
     if config.parallelism == "jit":
         step = make_train_step(run.model, run.clip.module, run.tx, weights)
         rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
@@ -216,6 +214,8 @@ def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple
                 lambda s, b: jitted(s, sharding.global_batch(b, mesh), data, key),
                 lambda s: s)
     if config.parallelism == "pmap":
+        if jax.process_count() > 1:
+            raise ValueError("config.parallelism='pmap' runs on one process; use 'jit' for multi-host runs")
         devices = list(mesh.devices.flat)
         n = len(devices)
         step = make_train_step(run.model, run.clip.module, run.tx, weights, axis_name=sharding.DATA_AXIS)
@@ -252,11 +252,72 @@ def initial_state(run: Run, config: ml_collections.ConfigDict, ckpt: Checkpointe
     return state, {}
 
 
+def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[Any, list[dict]]:
+    """The epoch loop: checkpoints every `checkpoint_every_epochs`, and at a preemption request.
+
+    Returns the trained tree and the per-epoch history. A checkpoint taken
+    mid-epoch (SIGTERM) stores the running sums of the epoch's metrics, and
+    resuming skips the batches already done, so the result equals an
+    uninterrupted run.
+    """
+    steps_per_epoch = run.steps_per_epoch
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep)
+    state, meta = initial_state(run, config, ckpt)
+    history: list[dict] = list(meta.get("history", []))
+    start_step = int(state.step)
+    place, step_fn, fetch = make_step_runner(run, config, mesh)
+    state = place(state)
+    writer = _summary_writer(workdir)
+    with distributed.PreemptionWatcher() as watcher:
+        for epoch in tqdm(range(start_step // steps_per_epoch, config.num_epochs), desc="epochs",
+                          initial=start_step // steps_per_epoch, total=config.num_epochs,
+                          disable=not distributed.is_main_process()):
+            skip = start_step - epoch * steps_per_epoch if epoch * steps_per_epoch < start_step else 0
+            sums: dict[str, float] = dict(meta.get("epoch_sums", {})) if skip else {}
+            t0 = time.time()
+            for b, batch in enumerate(epoch_batches(run, config, epoch)):
+                if b < skip:
+                    continue
+                state, metrics = step_fn(state, batch)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step_no = epoch * steps_per_epoch + b + 1
+                if not math.isfinite(metrics["loss"]):
+                    raise FloatingPointError(
+                        f"training loss is {metrics['loss']} at step {step_no} (epoch {epoch + 1}); "
+                        f"loss parts: { {k: metrics[k] for k in ('ce', 'distill', 'agg')} }"
+                    )
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if b + 1 < steps_per_epoch and watcher.should_stop():
+                    ckpt.save(step_no, fetch(state), {"history": history, "epoch_sums": sums})
+                    ckpt.close()
+                    logging.warning("preempted: saved step %d in %s; rerun the same command to resume",
+                                    step_no, ckpt.directory)
+                    raise distributed.Preempted(step_no)
+            record = {k: v / steps_per_epoch for k, v in sums.items()}
+            record.update(epoch=epoch + 1, seconds=time.time() - t0)
+            history.append(record)
+            logging.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+            if writer is not None:
+                for k, v in record.items():
+                    writer.add_scalar(f"train/{k}", v, epoch + 1)
+            preempted = epoch + 1 < config.num_epochs and watcher.should_stop()
+            if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs or preempted:
+                ckpt.save((epoch + 1) * steps_per_epoch, fetch(state), {"history": history})
+            if preempted:
+                ckpt.close()
+                raise distributed.Preempted((epoch + 1) * steps_per_epoch)
+    ckpt.close()
+    if writer is not None:
+        writer.close()
+    return fetch(state).params, history
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the whole pipeline; returns (and writes) the metrics dict."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    if is_main_process():
+    if distributed.is_main_process():
         write_json_atomic(os.path.join(workdir, CONFIG_FILE), {"config": config.to_dict(), "git": git_revision()})
     mesh = sharding.make_mesh(config.num_devices or None)
     sharding.check_divisible(config.batch_size, mesh)
@@ -291,39 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
     # Stage 2: training.
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep)
-    state, meta = initial_state(run, config, ckpt)
-    history: list[dict] = list(meta.get("history", []))
-    start_epoch = int(state.step) // steps_per_epoch
-    place, step_fn, fetch = make_step_runner(run, config, mesh)
-    state = place(state)
-    writer = _summary_writer(workdir)
-    for epoch in tqdm(range(start_epoch, config.num_epochs), desc="epochs", initial=start_epoch,
-                      total=config.num_epochs, disable=not is_main_process()):
-        sums: dict[str, float] = {}
-        t0 = time.time()
-        for batch in epoch_batches(run, config, epoch):
-            state, metrics = step_fn(state, batch)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(metrics["loss"]):
-                step_no = int(jax.device_get(fetch(state).step))
-                raise FloatingPointError(
-                    f"training loss is {metrics['loss']} at step {step_no} (epoch {epoch + 1}); "
-                    f"loss parts: { {k: metrics[k] for k in ('ce', 'distill', 'agg')} }"
-                )
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-        record = {k: v / steps_per_epoch for k, v in sums.items()}
-        record.update(epoch=epoch + 1, seconds=time.time() - t0)
-        history.append(record)
-        logging.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
-        if writer is not None:
-            for k, v in record.items():
-                writer.add_scalar(f"train/{k}", v, epoch + 1)
-        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-            ckpt.save(int((epoch + 1) * steps_per_epoch), fetch(state), {"history": history})
-    ckpt.close()
-    params = fetch(state).params
+    params, history = fit(run, config, workdir, mesh)
 
     # Stage 3: evaluation on base and new classes (the generator and head only).
     results = {}
@@ -347,18 +376,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "num_devices": int(mesh.size),
         "random_weights": not config.clip,
     }
+    writer = _summary_writer(workdir)
     if writer is not None:
         for k in ("base_acc", "new_acc", "harmonic_mean"):
             writer.add_scalar(f"eval/{k}", metrics[k], config.num_epochs)
         writer.close()
-    if is_main_process():
+    if distributed.is_main_process():
         write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
     logging.info("base %.2f new %.2f H %.2f", metrics["base_acc"], metrics["new_acc"], metrics["harmonic_mean"])
     return metrics
 
 
 def _summary_writer(workdir: str):
-    if not is_main_process():
+    if not distributed.is_main_process():
         return None
     from tensorboardX import SummaryWriter
 

@@ -99,7 +99,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0  # global-norm clipping (0: off)
 
     config.batch_size = 32  # global, split over the `data` mesh axis
-    config.num_epochs = 10 if not runlocal else 6
+    config.num_epochs = 10
     config.seed = int(args.get("seed", 1))  # few-shot sampling, init, augmentation, data order
     config.parallelism = "jit"  # "jit" (sharded jit, default) | "pmap" (same parameters, legacy API)
     config.num_devices = 0  # devices on the data axis (0: all)

@@ -277,3 +277,30 @@ def test_encode_shape_errors(tiny_dir):
         model.encode_image(np.zeros((2, 16, 16, 3), np.float32))
     with pytest.raises(ValueError, match="token ids must lie in"):
         model.encode_text(np.full((1, 4), 5000))
+
+
+def test_text_kv_cache_equals_whole_sequence(tmp_path):
+    """encode_text_prefix + encode_text_after_prefix == encode_text_embeddings of the concatenation (1e-5),
+    with per-class prefix lengths (padding after each prefix masked) and a broadcast batch of suffixes."""
+    import jax
+    import jax.numpy as jnp
+
+    from aape_jax.clip.model import CLIP
+
+    m = clip.load(tiny.write_checkpoint(tmp_path / "ckpt"))
+    module, params = m.module, m.params
+    w = m.config.text.hidden_size
+    rng = np.random.default_rng(0)
+    c, p, s, b = 3, 6, 3, 2
+    prefix = jnp.asarray(rng.normal(0, 0.02, (c, p, w)).astype(np.float32))
+    suffix = jnp.asarray(rng.normal(0, 0.02, (b, c, s, w)).astype(np.float32))
+    length = jnp.asarray([6, 2, 4])
+    caches = module.apply({"params": params}, prefix, length, method=CLIP.encode_text_prefix)
+    got = module.apply({"params": params}, suffix, caches, method=CLIP.encode_text_after_prefix)  # [B, C, D]
+    assert got.shape == (b, c, m.config.projection_dim)
+    for ci in range(c):
+        n = int(length[ci])
+        seq = jnp.concatenate([jnp.broadcast_to(prefix[ci, :n], (b, n, w)), suffix[:, ci]], axis=1)  # [B, n+S, W]
+        want = module.apply({"params": params}, seq, jnp.full((b,), n + s - 1),
+                            method=CLIP.encode_text_embeddings)
+        np.testing.assert_allclose(np.asarray(got[:, ci]), np.asarray(want), rtol=0, atol=1e-5)

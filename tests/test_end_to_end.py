@@ -104,29 +104,53 @@ def _main(workdir, store, *extra):
             f"--config.feature_store={store}", f"--workdir={workdir}", *extra]
 
 
-def test_resume_after_sigkill_equals_uninterrupted(store, tmp_path):
-    extra = ["--config.num_epochs=40", "--config.model.combine=feature"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    reference = tmp_path / "reference"
-    subprocess.run(_main(reference, store, *extra), cwd=REPO, env=env, check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_main(killed, store, *extra), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+_LONG = ["--config.num_epochs=40", "--config.model.combine=feature"]
+_TWO_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_main(workdir, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, check=True, capture_output=True)
+    return json.load(open(workdir / "metrics.json"))
+
+
+def _interrupt(workdir, store, sig):
+    """Starts a long run, sends `sig` once step >= 20 is checkpointed; returns the exit code."""
+    proc = subprocess.Popen(_main(workdir, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ckpts = killed / "checkpoints"
+    ckpts = workdir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 20 for p in ckpts.iterdir()):
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             break
         time.sleep(0.02)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "metrics.json").exists()
-    subprocess.run(_main(killed, store, *extra), cwd=REPO, env=env, check=True, capture_output=True)
-    a = json.load(open(reference / "metrics.json"))
-    b = json.load(open(killed / "metrics.json"))
+    return proc.wait()
+
+
+def _assert_same_run(a, b):
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     for key in ("base_acc", "new_acc", "harmonic_mean", "train_loss"):
         assert a[key] == b[key]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, store, tmp_path):
+    assert _interrupt(tmp_path, store, signal.SIGKILL) == -signal.SIGKILL, "the run ended before the kill"
+    assert not (tmp_path / "metrics.json").exists()
+    subprocess.run(_main(tmp_path, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, check=True, capture_output=True)
+    _assert_same_run(uninterrupted, json.load(open(tmp_path / "metrics.json")))
+
+
+def test_sigterm_checkpoints_exits_75_and_resumes(uninterrupted, store, tmp_path):
+    from aape_jax.distributed import PREEMPTED_EXIT_CODE
+
+    assert _interrupt(tmp_path, store, signal.SIGTERM) == PREEMPTED_EXIT_CODE
+    assert not (tmp_path / "metrics.json").exists()
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] >= 20
+    subprocess.run(_main(tmp_path, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, check=True, capture_output=True)
+    _assert_same_run(uninterrupted, json.load(open(tmp_path / "metrics.json")))
 
 
 # ---------------------------------------------------------------- bad input

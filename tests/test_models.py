@@ -17,6 +17,7 @@ from aape_jax.models.generator import PromptGenerator
 from aape_jax.models.heads import (
     ClassText,
     FeatureHead,
+    class_prefix_cache,
     TokenHead,
     class_weights,
     insert_tokens,
@@ -384,6 +385,78 @@ def test_token_seam_with_broadcast_tokens_and_jit(tiny_clip):
     ref = l2_normalize(jnp.asarray(m.encode_text(m.tokenize([f"a a photo of a {n}." for n in classnames]))))
     for b in range(2):
         np.testing.assert_allclose(np.asarray(weights[b]), np.asarray(ref), rtol=0, atol=1e-5)
+
+
+def _suffix_class_text(m, classnames, num_tokens):
+    ct = _class_text_for(m, classnames, num_tokens)
+    return ClassText(features=ct.features, ids=ct.ids, eot=ct.eot, token_position="suffix")
+
+
+def test_insert_tokens_suffix_exact_placement():
+    """"suffix": tokens go right before each class's EOT, the EOT (and padding) move right by T."""
+    c, length, w, t = 2, 5, 1, 2
+    embeds = jnp.arange(c * length, dtype=jnp.float32).reshape(c, length, w)  # distinct values
+    eot = jnp.asarray([2, 4])
+    tokens = -jnp.asarray([[[1.0], [2.0]], [[3.0], [4.0]]])  # [B=2, T=2, W=1]
+    x, pos = insert_tokens(embeds, eot, tokens, "suffix")
+    x = np.asarray(x[..., 0]).reshape(2, c, length + t)
+    np.testing.assert_array_equal(x[0, 0], [0, 1, -1, -2, 2, 3, 4])  # class 0: EOT at 2 -> 4
+    np.testing.assert_array_equal(x[1, 1], [5, 6, 7, 8, -3, -4, 9])  # class 1: EOT at 4 -> 6
+    np.testing.assert_array_equal(np.asarray(pos), [4, 6, 4, 6])
+
+
+def test_suffix_seam_equals_plain_clip_text_path(tiny_clip):
+    """Inserting the embedding of a real word before EOT gives CLIP's features of "a photo of a {c}. word"."""
+    m = tiny_clip
+    classnames = ["cat", "dog", "tabby cat"]
+    class_text = _suffix_class_text(m, classnames, 1)
+    module = m.module
+    (word_id,) = m.tokenizer.encode("photo")
+    tokens = module.apply({"params": m.params}, jnp.asarray([[word_id]]), method=CLIP.embed_tokens)  # [1, 1, W]
+    for cached in (False, True):
+        weights = class_weights("token", tokens, class_text, module, m.params, use_prefix_cache=cached)
+        ref_ids = m.tokenize([f"a photo of a {n}. photo" for n in classnames])
+        ref = l2_normalize(jnp.asarray(m.encode_text(ref_ids)))
+        np.testing.assert_allclose(np.asarray(weights[0]), np.asarray(ref), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 3])
+def test_prefix_cache_equals_plain_suffix_path(tiny_clip, num_tokens):
+    """The class-prefix KV cache (jitted, precomputed or not) equals the whole-sequence path within 1e-5,
+    for the weights and for their gradient with respect to the inserted tokens."""
+    m = tiny_clip
+    classnames = ["cat", "big red dog", "a", "photo of the large bird", "tabby cat"]  # EOTs differ
+    class_text = _suffix_class_text(m, classnames, num_tokens)
+    module = m.module
+    tokens = 0.02 * jax.random.normal(jax.random.key(0), (4, num_tokens, m.config.text.hidden_size))
+    plain = jax.jit(lambda p, t, ct: class_weights("token", t, ct, module, p, use_prefix_cache=False))
+    cached = jax.jit(lambda p, t, ct: class_weights("token", t, ct, module, p))
+    want = plain(m.params, tokens, class_text)
+    np.testing.assert_allclose(np.asarray(cached(m.params, tokens, class_text)), np.asarray(want), atol=1e-5)
+    cache = class_prefix_cache(class_text, module, m.params)
+    got = class_weights("token", tokens, class_text, module, m.params, prefix_cache=cache)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    loss = lambda cache_on: jax.grad(lambda t: jnp.sum(class_weights(
+        "token", t, class_text, module, m.params, use_prefix_cache=cache_on)[..., 0] ** 2))(tokens)
+    np.testing.assert_allclose(np.asarray(loss(True)), np.asarray(loss(False)), atol=1e-5)
+
+
+def test_prefix_cache_bfloat16_close_to_fp32(tiny_clip):
+    """The bf16 compute path (fp32 parameters) runs the cached path and stays close to fp32."""
+    m = tiny_clip
+    class_text = _suffix_class_text(m, ["cat", "big red dog"], 1)
+    tokens = 0.02 * jax.random.normal(jax.random.key(1), (2, 1, m.config.text.hidden_size))
+    f32 = class_weights("token", tokens, class_text, m.module, m.params)
+    bf16 = class_weights("token", tokens, class_text, CLIP(m.config, dtype=jnp.bfloat16), m.params)
+    assert bf16.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=3e-2)
+
+
+def test_aape_config_token_position():
+    assert AAPEConfig(embed_dim=D, token_width=8).token_position == "prefix"
+    assert AAPEConfig(embed_dim=D, token_width=8, token_position="suffix").token_position == "suffix"
+    with pytest.raises(ValueError, match="model.token_position"):
+        AAPEConfig(embed_dim=D, token_width=8, token_position="middle")
 
 
 # ----------------------------------------------------------------------------- AAPE config and module

@@ -8,6 +8,11 @@ checkpoint is renaming plus transposes (`weights.py`).
 The text tower has a seam for prompt learning: `embed_tokens(ids)` gives token
 embeddings, and `encode_text_embeddings(x, eot_pos)` runs the tower from any
 token embeddings (learned prompt tokens included) and pools at `eot_pos`.
+A KV-cache path serves prompts whose learned tokens come after a per-class
+prefix: `encode_text_prefix` runs the causal tower once per class and keeps
+every layer's keys/values; `encode_text_after_prefix` runs only the remaining
+positions, attending to that cache. Causal attention makes the result equal to
+running the whole sequence.
 """
 
 from __future__ import annotations
@@ -15,12 +20,28 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
 
 Dtype = Any
+
+
+@flax.struct.dataclass
+class PrefixKV:
+    """One layer's cached keys/values of per-class text prefixes.
+
+    Attributes:
+      k: keys [C, P, H, Dh].
+      v: values [C, P, H, Dh].
+      length: valid prefix positions per class [C] (the rest is padding, masked).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    length: jax.Array
 
 
 def _activation(name: str):
@@ -46,23 +67,54 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: PrefixKV | None = None, return_kv: bool = False):
+        """Self-attention over `x`; optionally after cached prefix keys/values.
+
+        Args:
+          x: [N, L, W] (plain), or [B, C, S, W] with `cache` (suffix positions).
+          cache: keys/values [C, P, H, Dh] of a per-class prefix and its valid
+            lengths [C]; the suffix of class c attends to the first `length[c]`
+            prefix positions, then causally to itself (`causal` must be set).
+          return_kv: also return this call's keys and values [..., L, H, Dh].
+        """
         width = x.shape[-1]
         head_dim = width // self.num_heads
         dense = lambda name: nn.Dense(width, dtype=self.dtype, name=name)
-        split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)  # [B, L, H, Dh]
+        split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)  # [..., L, H, Dh]
         q = split(dense("q_proj")(x)) * (head_dim**-0.5)
         k = split(dense("k_proj")(x))
         v = split(dense("v_proj")(x))
+        if cache is None:
+            out = self._attend(q, k, v)
+        else:
+            out = self._attend_after_prefix(q, k, v, cache)
+        y = dense("out_proj")(out.reshape(*x.shape[:-1], width))
+        return (y, (k, v)) if return_kv else y
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)  # [B, H, L, L]
         if self.causal:
-            length = x.shape[-2]
+            length = q.shape[-3]
             mask = jnp.tril(jnp.ones((length, length), dtype=bool))
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         # Softmax in fp32 whatever the compute dtype: bf16 softmax loses CLIP parity.
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, L, H, Dh]
-        return dense("out_proj")(out.reshape(*x.shape[:-1], width))
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, L, H, Dh]
+
+    def _attend_after_prefix(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: PrefixKV) -> jax.Array:
+        if not self.causal:
+            raise ValueError("a prefix cache needs causal attention")
+        pk, pv, length = cache.k, cache.v, cache.length  # [C, P, H, Dh], [C, P, H, Dh], [C]
+        s, p = q.shape[-3], pk.shape[-3]
+        neg = jnp.finfo(q.dtype).min
+        lp = jnp.einsum("bcqhd,ckhd->bchqk", q, pk.astype(q.dtype))  # [B, C, H, S, P]
+        valid = jnp.arange(p)[None, :] < length[:, None]  # [C, P]
+        lp = jnp.where(valid[None, :, None, None, :], lp, neg)
+        ls = jnp.einsum("bcqhd,bckhd->bchqk", q, k)  # [B, C, H, S, S]
+        ls = jnp.where(jnp.tril(jnp.ones((s, s), dtype=bool)), ls, neg)
+        weights = jax.nn.softmax(jnp.concatenate([lp, ls], -1).astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bchqk,ckhd->bcqhd", weights[..., :p], pv.astype(self.dtype))  # [B, C, S, H, Dh]
+        return out + jnp.einsum("bchqk,bckhd->bcqhd", weights[..., p:], v)
 
 
 class MLP(nn.Module):
@@ -105,12 +157,15 @@ class EncoderLayer(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: PrefixKV | None = None, return_kv: bool = False):
         ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
-        x = x + Attention(self.num_heads, self.causal, self.dtype, name="self_attn")(ln("layer_norm1")(x))
-        return x + MLP(self.intermediate_size, self.hidden_act, self.dtype, name="mlp")(
-            ln("layer_norm2")(x)
+        attn = Attention(self.num_heads, self.causal, self.dtype, name="self_attn")(
+            ln("layer_norm1")(x), cache, return_kv
         )
+        attn, kv = attn if return_kv else (attn, None)
+        x = x + attn
+        x = x + MLP(self.intermediate_size, self.hidden_act, self.dtype, name="mlp")(ln("layer_norm2")(x))
+        return (x, kv) if return_kv else x
 
 
 class Encoder(nn.Module):
@@ -135,9 +190,11 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, caches: list[PrefixKV] | None = None, return_kv: bool = False):
+        """`x` [..., L, W] -> [..., L, W]; with `return_kv`, also every layer's (keys, values)."""
+        kvs = []
         for i in range(self.num_layers):
-            x = EncoderLayer(
+            layer = EncoderLayer(
                 self.num_heads,
                 self.intermediate_size,
                 self.hidden_act,
@@ -145,8 +202,11 @@ class Encoder(nn.Module):
                 self.causal,
                 self.dtype,
                 name=f"layers_{i}",
-            )(x)
-        return x
+            )
+            out = layer(x, None if caches is None else caches[i], return_kv)
+            x, kv = out if return_kv else (out, None)
+            kvs.append(kv)
+        return (x, kvs) if return_kv else x
 
 
 class TextEmbeddings(nn.Module):
@@ -201,6 +261,29 @@ class TextTransformer(nn.Module):
         h = self.encoder(self.embeddings.add_positions(x.astype(self.dtype)))
         h = self.final_layer_norm(h)  # [N, L, W]
         return jnp.take_along_axis(h, eot_pos[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+
+    def encode_prefix(self, x: jax.Array, length: jax.Array) -> list[PrefixKV]:
+        """Per-class prefix embeddings [C, P, W] at positions 0..P-1 -> every layer's cached K/V.
+
+        Only the first `length[c]` positions of class c are attended to later;
+        causal attention makes them independent of whatever follows.
+        """
+        h = self.embeddings.add_positions(x.astype(self.dtype))
+        _, kvs = self.encoder(h, return_kv=True)
+        return [PrefixKV(k=k, v=v, length=length.astype(jnp.int32)) for k, v in kvs]
+
+    def encode_after_prefix(self, x: jax.Array, caches: list[PrefixKV]) -> jax.Array:
+        """Suffix embeddings [B, C, S, W] placed right after each class's prefix -> pooled [B, C, W].
+
+        Suffix position i of class c sits at absolute position `length[c] + i`;
+        the output is pooled at the suffix's last position (its EOT token).
+        """
+        length = caches[0].length  # [C]
+        positions = length[:, None] + jnp.arange(x.shape[-2])[None, :]  # [C, S]
+        pos_embed = self.embeddings.position_embedding.embedding[positions]  # [C, S, W]
+        h = x.astype(self.dtype) + pos_embed.astype(self.dtype)[None]  # [B, C, S, W]
+        h = self.final_layer_norm(self.encoder(h, caches=caches))
+        return h[:, :, -1]  # [B, C, W]
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return self.encode_embeddings(self.embed_tokens(ids), first_eot(ids, self.config.eot_token_id))
@@ -267,7 +350,8 @@ class CLIP(nn.Module):
     """Both towers and their projections into the D-dim joint space.
 
     Call through `apply(..., method=...)` with one of `encode_image`,
-    `encode_text`, `embed_tokens`, `encode_text_embeddings`; `__call__` runs all
+    `encode_text`, `embed_tokens`, `encode_text_embeddings`, `encode_text_prefix`,
+    `encode_text_after_prefix`; `__call__` runs all
     (used to initialise every parameter at once).
 
     Attributes:
@@ -304,6 +388,15 @@ class CLIP(nn.Module):
     def encode_text_embeddings(self, x: jax.Array, eot_pos: jax.Array) -> jax.Array:
         """Token embeddings [N, L, W] + first-EOT positions [N] -> projected text features [N, D]."""
         return self.text_projection(self.text_model.encode_embeddings(x, eot_pos)).astype(jnp.float32)
+
+    def encode_text_prefix(self, x: jax.Array, length: jax.Array) -> list[PrefixKV]:
+        """Prefix token embeddings [C, P, W] and valid lengths [C] -> per-layer cached K/V."""
+        return self.text_model.encode_prefix(x, length)
+
+    def encode_text_after_prefix(self, x: jax.Array, caches: list[PrefixKV]) -> jax.Array:
+        """Suffix embeddings [B, C, S, W] after cached prefixes -> projected features [B, C, D], pooled
+        at the last suffix position. Equals `encode_text_embeddings` of prefix + suffix (causal attention)."""
+        return self.text_projection(self.text_model.encode_after_prefix(x, caches)).astype(jnp.float32)
 
     def __call__(self, pixels: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.encode_image(pixels), self.encode_text(ids)

@@ -69,8 +69,9 @@ def random_params(config: CLIPConfig, seed: int = 0) -> dict:
 
     Initialising through Flax runs (or compiles) the whole forward pass, which
     takes seconds even for the tiny geometry; shapes come from `eval_shape`
-    instead. Like transformers' CLIP init: weights ~ N(0, 0.02), biases 0,
-    LayerNorm scales 1; the logit scale is CLIP's trained log(100).
+    instead. Kernels ~ N(0, 1/fan_in) (LeCun, so random features still vary
+    with the input), embeddings ~ N(0, 0.02), biases 0, LayerNorm scales 1;
+    the logit scale is CLIP's trained log(100).
     """
     rng = np.random.default_rng(seed)
     flat = {}
@@ -82,6 +83,9 @@ def random_params(config: CLIPConfig, seed: int = 0) -> dict:
             flat[path] = np.zeros(shape, np.float32)
         elif leaf == "scale":
             flat[path] = np.ones(shape, np.float32)
+        elif leaf == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            flat[path] = rng.normal(0.0, fan_in**-0.5, shape).astype(np.float32)
         else:
             flat[path] = rng.normal(0.0, 0.02, shape).astype(np.float32)
     return flax.traverse_util.unflatten_dict(flat)

@@ -34,10 +34,12 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from aape_jax import distributed
 from aape_jax.clip.preprocess import ImageTransform, eval_transform, train_augment
 from aape_jax.data.types import Example
 
@@ -246,16 +248,71 @@ class FeatureStore:
         key: Mapping[str, Any],
         compute: Callable[[], Mapping[str, np.ndarray]],
     ) -> dict[str, np.ndarray]:
-        """The stored arrays, or `compute()`'s result after saving it."""
+        """The stored arrays, or `compute()`'s result after saving it.
+
+        With several processes, process 0 computes and writes the entry once;
+        the others wait for it and read it (the store must be on a filesystem
+        every host sees).
+        """
         path = self.path(kind, key)
+        if distributed.is_main_process():
+            found = self.load(kind, key)
+            if found is not None:
+                logging.info("reused %s", path)
+            else:
+                found = _check_arrays(compute(), path)
+                self.save(kind, key, found)
+                logging.info("computed %s", path)
+        distributed.barrier(f"feature store {path.name}")
+        if not distributed.is_main_process():
+            found = self._load_written_by_main(kind, key)
+        return found
+
+    def get_or_compute_sharded(
+        self,
+        kind: str,
+        key: Mapping[str, Any],
+        num_items: int,
+        compute_part: Callable[[slice], Mapping[str, np.ndarray]],
+    ) -> dict[str, np.ndarray]:
+        """Like `get_or_compute` for arrays with one row per item, the work split over processes.
+
+        Each process computes `compute_part(its slice of range(num_items))`
+        and writes it as a part; process 0 concatenates the parts into the one
+        entry and removes them.
+        """
+        if jax.process_count() == 1:
+            return self.get_or_compute(kind, key, lambda: compute_part(slice(0, num_items)))
+        path = self.path(kind, key)
+        have = distributed.any_process(distributed.is_main_process() and self.load(kind, key) is not None)
+        if not have:
+            part_key = lambda p: {"entry": path.name, "part": p, "of": jax.process_count()}
+            self.save(f"{kind}_part", part_key(jax.process_index()),
+                      _check_arrays(compute_part(distributed.process_shard(num_items)), path))
+            distributed.barrier(f"feature store parts {path.name}")
+            if distributed.is_main_process():
+                parts = []
+                for p in range(jax.process_count()):
+                    part = self.load(f"{kind}_part", part_key(p))
+                    if part is None:
+                        raise RuntimeError(f"part {p} of {path} is missing or damaged: is {self.root} shared by all hosts?")
+                    parts.append(part)
+                self.save(kind, key, {name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
+                for p in range(jax.process_count()):
+                    self.path(f"{kind}_part", part_key(p)).unlink(missing_ok=True)
+                logging.info("computed %s on %d processes", path, jax.process_count())
+            distributed.barrier(f"feature store merged {path.name}")
+        return self._load_written_by_main(kind, key)
+
+    def _load_written_by_main(self, kind: str, key: Mapping[str, Any]) -> dict[str, np.ndarray]:
         found = self.load(kind, key)
-        if found is not None:
-            logging.info("reused %s", path)
-            return found
-        arrays = _check_arrays(compute(), path)
-        self.save(kind, key, arrays)
-        logging.info("computed %s", path)
-        return arrays
+        if found is None:
+            raise RuntimeError(
+                f"{self.path(kind, key)} was written by process 0 but this process (index "
+                f"{jax.process_index()}) cannot read it: the feature store {self.root} must be on a "
+                "filesystem every host sees"
+            )
+        return found
 
 
 def _check_arrays(arrays: Mapping[str, Any], path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -306,6 +363,7 @@ def extract_image_features(
     augment: bool,
     batch_size: int = 64,
     desc: str = "image features",
+    rows: slice | None = None,
 ) -> np.ndarray:
     """Encodes every example (K views each) with a frozen image encoder.
 
@@ -323,9 +381,11 @@ def extract_image_features(
         flip); False applies the deterministic ``eval_transform``.
       batch_size: images per `encode` call (a batch may mix examples' views).
       desc: progress-bar label.
+      rows: encode only `examples[rows]` (one process's share); seeds still
+        use the indices into the whole `examples`.
 
     Returns:
-      float32 [N, views, D].
+      float32 [N, views, D], N the number of examples encoded.
 
     Raises:
       ValueError: bad arguments, inconsistent feature shapes, or a non-finite
@@ -337,7 +397,8 @@ def extract_image_features(
         raise ValueError(f"views must be 1 without augmentation (eval views are identical), got {views}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    jobs = [(i, v) for i in range(len(examples)) for v in range(views)]  # example-major
+    selected = range(len(examples))[rows or slice(None)]
+    jobs = [(i, v) for i in selected for v in range(views)]  # example-major
     out: np.ndarray | None = None
     with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
         for start in range(0, len(jobs), batch_size):
@@ -359,7 +420,7 @@ def extract_image_features(
                     f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]"
                 )
             if out is None:
-                out = np.empty((len(examples), views, feats.shape[1]), dtype=np.float32)
+                out = np.empty((len(selected), views, feats.shape[1]), dtype=np.float32)
             elif feats.shape[1] != out.shape[2]:
                 raise ValueError(
                     f"encode returned width {feats.shape[1]} after {out.shape[2]} in earlier batches"
@@ -371,8 +432,8 @@ def extract_image_features(
                     f"non-finite image features for example {examples[i].key!r} (view {v}); "
                     "check the image and the encoder's dtype/weights"
                 )
-            rows, cols = zip(*chunk)
-            out[list(rows), list(cols)] = feats
+            example_rows, cols = zip(*chunk)
+            out[[i - selected.start for i in example_rows], list(cols)] = feats
             bar.update(len(chunk))
     if out is None:
         # No examples: the feature width is unknown without calling encode.

@@ -9,7 +9,7 @@ import jax
 
 from aape_jax.models.aggregator import AGGREGATORS, AttentionAggregator, MLPAggregator
 from aape_jax.models.generator import PromptGenerator
-from aape_jax.models.heads import FeatureHead, TokenHead, l2_normalize
+from aape_jax.models.heads import TOKEN_POSITIONS, FeatureHead, TokenHead, l2_normalize
 
 COMBINE_MODES = ("token", "feature")
 
@@ -27,6 +27,9 @@ class AAPEConfig:
       aggregator_hidden: hidden width of the MLP aggregator.
       generator_hidden: bottleneck width of the generator.
       num_tokens: AAPE tokens inserted per image (token mode).
+      token_position: where they go (token mode): "prefix" (after [SOS]) or
+        "suffix" (before [EOT], class prefixes computed once and cached); see
+        `models/heads.py`. Carried to the step by `ClassText.token_position`.
     """
 
     embed_dim: int
@@ -37,12 +40,15 @@ class AAPEConfig:
     aggregator_hidden: int = 512
     generator_hidden: int = 32
     num_tokens: int = 1
+    token_position: str = "prefix"
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"model.combine is {self.combine!r}; choose one of {COMBINE_MODES}")
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"model.aggregator is {self.aggregator!r}; choose one of {tuple(AGGREGATORS)}")
+        if self.token_position not in TOKEN_POSITIONS:
+            raise ValueError(f"model.token_position is {self.token_position!r}; choose one of {TOKEN_POSITIONS}")
         for name in ("num_heads", "aggregator_hidden", "generator_hidden", "num_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")

@@ -2,10 +2,18 @@
 
 Two modes (config `model.combine`):
   * `token` (default, the paper-faithful reading): a learned linear map takes
-    the AAPE to `num_tokens` token embeddings, inserted right after the start
-    token of each class's template (`[SOS] [AAPE] a photo of a {class}. [EOT]`);
-    the frozen text encoder, through the CLIP seam, gives `w_c(x)` for every
-    (image, class) pair, like CoCoOp.
+    the AAPE to `num_tokens` token embeddings inserted into each class's
+    template; the frozen text encoder, through the CLIP seam, gives `w_c(x)`
+    for every (image, class) pair, like CoCoOp. Where (`token_position`):
+      - "prefix" (default): right after the start token,
+        `[SOS] [AAPE] a photo of a {class}. [EOT]`;
+      - "suffix": right before the end-of-text token, after the whole template
+        text including its final punctuation,
+        `[SOS] a photo of a {class}. [AAPE] [EOT]`. Everything before the AAPE
+        is then the same for every image, so the causal text tower runs over
+        that class prefix once per class (keys/values cached per layer) and
+        per (image, class) only the T+1 positions [AAPE..., EOT] run
+        (`use_prefix_cache`, equal to the plain path within float error).
   * `feature` (fast): `w_c(x) = n(t_c + P a(x))` with `t_c` the precomputed
     template embedding; no text encoder in the step. `P` starts at zero, so an
     untrained head is zero-shot CLIP.
@@ -21,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aape_jax.clip.model import CLIP
+from aape_jax.clip.model import CLIP, PrefixKV
 from aape_jax.clip.tokenizer import Tokenizer
 
 
@@ -37,11 +45,14 @@ class ClassText:
       features: normalised template embeddings t_c [C, D] (feature mode).
       ids: template token ids [C, L], L just long enough for the inserted tokens (token mode).
       eot: position of each template's end-of-text token [C] before insertion (token mode).
+      token_position: where the AAPE tokens go (token mode): "prefix" (after
+        [SOS]) or "suffix" (before [EOT]); static, part of the jit signature.
     """
 
     features: jax.Array
     ids: jax.Array
     eot: jax.Array
+    token_position: str = flax.struct.field(pytree_node=False, default="prefix")
 
     @property
     def num_classes(self) -> int:
@@ -66,19 +77,34 @@ def template_ids(tokenizer: Tokenizer, prompts: list[str], num_tokens: int) -> t
     return ids[:, : needed - num_tokens].astype(np.int32), eot.astype(np.int32)
 
 
-def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Inserts per-image tokens after [SOS] of every class template.
+TOKEN_POSITIONS = ("prefix", "suffix")
+
+
+def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array,
+                  position: str = "prefix") -> tuple[jax.Array, jax.Array]:
+    """Inserts per-image tokens after [SOS] ("prefix") or before [EOT] ("suffix") of every class template.
 
     Args:
       template_embeds: token embeddings of the templates [C, L, W].
       eot: EOT positions of the templates [C].
       tokens: per-image prompt tokens [B, T, W].
+      position: "prefix" or "suffix".
 
     Returns:
       Embeddings [B*C, L+T, W] (image-major) and their EOT positions [B*C].
     """
     b, t, w = tokens.shape
     c, length, _ = template_embeds.shape
+    if position == "suffix":
+        j = jnp.arange(length + t)[None, :]  # [1, L+T]
+        is_token = (j >= eot[:, None]) & (j < eot[:, None] + t)  # [C, L+T]
+        src = jnp.clip(jnp.where(j < eot[:, None], j, j - t), 0, length - 1)  # [C, L+T]
+        tmpl = jnp.take_along_axis(template_embeds, src[:, :, None], axis=1)  # [C, L+T, W]
+        tok = tokens.astype(template_embeds.dtype)[:, jnp.clip(j - eot[:, None], 0, t - 1)]  # [B, C, L+T, W]
+        x = jnp.where(is_token[None, :, :, None], tok, tmpl[None]).reshape(b * c, length + t, w)  # [B*C, L+T, W]
+        return x, jnp.broadcast_to(eot[None] + t, (b, c)).reshape(b * c)
+    if position != "prefix":
+        raise ValueError(f"token position is {position!r}; choose one of {TOKEN_POSITIONS}")
     sos = jnp.broadcast_to(template_embeds[None, :, :1], (b, c, 1, w))  # [B, C, 1, W]
     inserted = jnp.broadcast_to(tokens[:, None].astype(template_embeds.dtype), (b, c, t, w))  # [B, C, T, W]
     rest = jnp.broadcast_to(template_embeds[None, :, 1:], (b, c, length - 1, w))  # [B, C, L-1, W]
@@ -121,27 +147,70 @@ class TokenHead(nn.Module):
         return out.reshape(aape.shape[0], self.num_tokens, self.token_width)  # [B, T, W]
 
 
+@flax.struct.dataclass
+class ClassPrefixCache:
+    """The frozen text tower's per-layer keys/values over each class's template before [EOT].
+
+    Attributes:
+      layers: one `PrefixKV` per text layer (keys/values [C, P, H, Dh], valid lengths [C] = EOT positions).
+      eot_embed: the templates' [EOT] token embeddings [C, W].
+    """
+
+    layers: list[PrefixKV]
+    eot_embed: jax.Array
+
+
+def class_prefix_cache(class_text: ClassText, clip_module: CLIP, clip_params: Any) -> ClassPrefixCache:
+    """Runs the causal text tower once per class over its template up to (not including) [EOT].
+
+    Depends only on the class list and CLIP: compute it once per class list and
+    reuse it for every image (inference), or once per step (training).
+    """
+    embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
+    eot = class_text.eot.astype(jnp.int32)  # [C]
+    prefix = embeds[:, : embeds.shape[1] - 1]  # [C, P, W], P = L-1 >= every EOT position
+    layers = clip_module.apply({"params": clip_params}, prefix, eot, method=CLIP.encode_text_prefix)
+    eot_embed = jnp.take_along_axis(embeds, eot[:, None, None], axis=1)[:, 0]  # [C, W]
+    return ClassPrefixCache(layers=layers, eot_embed=eot_embed)
+
+
 def class_weights(
     combine: str,
     head_out: jax.Array,
     class_text: ClassText,
     clip_module: CLIP | None = None,
     clip_params: Any = None,
+    *,
+    use_prefix_cache: bool = True,
+    prefix_cache: ClassPrefixCache | None = None,
 ) -> jax.Array:
     """Per-image normalised class weights [B, C, D] from the head's output.
 
     Args:
       combine: "feature" or "token".
       head_out: `P a(x)` [B, D] (feature) or the prompt tokens [B, T, W] (token).
-      class_text: the candidate classes.
+      class_text: the candidate classes (its `token_position` says where tokens go).
       clip_module, clip_params: the frozen CLIP (token mode only), passed as arguments.
+      use_prefix_cache: token mode with "suffix": run the class prefixes once
+        and only [AAPE..., EOT] per (image, class). False: the plain path, the
+        whole sequence per pair (the reference the cached path is tested against).
+      prefix_cache: a precomputed `class_prefix_cache` for these classes (else computed here).
     """
     if combine == "feature":
         return l2_normalize(class_text.features[None] + head_out[:, None])  # [B, C, D]
+    b, c = head_out.shape[0], class_text.num_classes
+    if class_text.token_position == "suffix" and use_prefix_cache:
+        cache = prefix_cache if prefix_cache is not None else class_prefix_cache(class_text, clip_module, clip_params)
+        t, w = head_out.shape[1:]
+        tokens = jnp.broadcast_to(head_out[:, None].astype(cache.eot_embed.dtype), (b, c, t, w))  # [B, C, T, W]
+        eot = jnp.broadcast_to(cache.eot_embed[None, :, None], (b, c, 1, w))  # [B, C, 1, W]
+        z = clip_module.apply({"params": clip_params}, jnp.concatenate([tokens, eot], axis=2), cache.layers,
+                              method=CLIP.encode_text_after_prefix)  # [B, C, D]
+        return l2_normalize(z)
     embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
-    x, eot = insert_tokens(embeds, class_text.eot, head_out)
+    x, eot = insert_tokens(embeds, class_text.eot, head_out, class_text.token_position)
     z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*C, D]
-    return l2_normalize(z.reshape(head_out.shape[0], class_text.num_classes, -1))  # [B, C, D]
+    return l2_normalize(z.reshape(b, c, -1))  # [B, C, D]
 
 
 def class_logits(image_features: jax.Array, weights: jax.Array, logit_scale: jax.Array) -> jax.Array:

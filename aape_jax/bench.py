@@ -1,0 +1,562 @@
+r"""Benchmarks: ours vs transformers' PyTorch CLIP on the same weights, in one process.
+
+    python -m aape_jax.bench towers       # image/text tower throughput, MFU of the image tower
+    python -m aape_jax.bench train_step   # training images/s, B=32, C=50: token vs PyTorch, feature vs token
+    python -m aape_jax.bench inference    # per-image classification cost, C = 10, 100, 1000
+    python -m aape_jax.bench features     # base-to-new run: cold feature store vs rerun
+    python -m aape_jax.bench NAME --smoke # tiny geometry, one repeat (CI); figures mean nothing
+
+Every benchmark prints its configuration, the machine and its figures, and as
+its LAST line one JSON object. Weights: a random CLIP of the real ViT-B/16
+geometry (`clip.tiny.write_checkpoint`, the real 49,408-token vocabulary from
+`--tokenizer_dir`), loaded by our `clip.load` and by
+`transformers.CLIPModel.from_pretrained` from the same directory. Timings: a
+warm-up call (compilation) excluded, then the median of `--repeats` calls,
+each blocking until its result is ready. PyTorch runs fp32 with all cores
+(`torch.set_num_threads(os.cpu_count())`), on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aape_jax import clip as clip_lib
+from aape_jax.clip.frozen import FrozenCLIP, _encode_image
+from aape_jax.clip.model import CLIP
+from aape_jax.clip.tiny import write_checkpoint
+from aape_jax.models.aape import AAPE, AAPEConfig
+from aape_jax.models.heads import ClassText, class_logits, class_prefix_cache, class_weights, l2_normalize, template_ids
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TOKENIZER_DIR = os.path.join(REPO, "..", "shared", "data", "clip_tokenizer")
+TEMPLATE = "a photo of a {}."
+# Class names of realistic length (1-4 words), cycled to any C.
+_NAMES = ("golden retriever", "tabby cat", "red fox", "airliner", "sports car", "school bus", "mountain bike",
+          "sunflower", "daisy", "pizza", "cheeseburger", "espresso", "lighthouse", "castle", "volcano",
+          "coral reef", "bald eagle", "great white shark", "king penguin", "monarch butterfly", "grand piano",
+          "acoustic guitar", "wooden spoon", "teddy bear", "hot air balloon")
+
+
+def class_names(n: int) -> list[str]:
+    return [f"{_NAMES[i % len(_NAMES)]}" + ("" if i < len(_NAMES) else f" {i // len(_NAMES)}") for i in range(n)]
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time (s) of `repeats` calls of `fn` after `warmup` untimed calls; `fn` must block."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    dev = jax.devices()[0]
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+        "transformers": transformers.__version__, "jax_device": f"{dev.platform}:{dev.device_kind}",
+        "jax_devices": jax.device_count(), "torch_device": torch_device(), "torch_threads": torch.get_num_threads(),
+    }
+
+
+def torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def make_checkpoint(directory: str, smoke: bool, tokenizer_dir: str) -> str:
+    """A random CLIP: real ViT-B/16 geometry and vocabulary, or `tiny` (own vocabulary) with --smoke."""
+    if smoke:
+        return write_checkpoint(directory, "tiny", seed=0)
+    if not os.path.isfile(os.path.join(tokenizer_dir, "vocab.json")):
+        raise FileNotFoundError(f"no vocab.json in --tokenizer_dir {tokenizer_dir} (../shared/data/clip_tokenizer)")
+    return write_checkpoint(directory, "vit-b-16", seed=0, tokenizer_dir=tokenizer_dir)
+
+
+def load_reference(directory: str):
+    """transformers' PyTorch CLIPModel on the same weights, fp32, eval mode."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    return transformers.CLIPModel.from_pretrained(directory, dtype=torch.float32).eval().to(torch_device())
+
+
+def report(name: str, config: dict, figures: dict, result: dict) -> None:
+    print(f"== bench {name}")
+    print("config:", json.dumps(config))
+    print("machine:", json.dumps(machine_info()))
+    for k, v in figures.items():
+        print(f"  {k}: {v}")
+    print(json.dumps(result), flush=True)
+
+
+def _round(x: float, n: int = 4) -> float:
+    return float(f"{x:.{n}g}")
+
+
+def matmul_peak(size: int, repeats: int) -> dict[str, float]:
+    """Measured fp32 matmul FLOP/s of this machine, with JAX and with PyTorch ([size, size] @ [size, size])."""
+    import torch
+
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)).astype(np.float32))
+    mm = jax.jit(lambda x, y: x @ y)
+    t_jax = timeit(lambda: mm(a, a).block_until_ready(), repeats)
+    ta = torch.randn(size, size, device=torch_device())
+
+    def torch_mm():
+        with torch.inference_mode():
+            torch.mm(ta, ta)
+        torch_sync()
+
+    t_torch = timeit(torch_mm, repeats)
+    flops = 2 * size**3
+    return {"jax": flops / t_jax, "torch": flops / t_torch}
+
+
+# ------------------------------------------------------------------ 1. towers
+
+
+def bench_towers(args: argparse.Namespace) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory() as d:
+        path = make_checkpoint(d, args.smoke, args.tokenizer_dir)
+        ours = clip_lib.load(path)
+        ref = load_reference(path)
+    r = ours.config.vision.image_size
+    n_img, n_txt = (8, 16) if args.smoke else (args.images, args.prompts)
+    pixels = np.random.default_rng(0).normal(size=(n_img, r, r, 3)).astype(np.float32)
+    ids77 = ours.tokenize([TEMPLATE.format(c) for c in class_names(n_txt)])  # [N, 77]: OpenAI's context
+    trimmed = int(ours.tokenizer.eot_positions(ids77).max()) + 1
+    dev = torch_device()
+    t_pix = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(dev)  # NCHW
+    t_ids77 = torch.from_numpy(ids77.astype(np.int64)).to(dev)
+    t_ids_trim = t_ids77[:, :trimmed]
+
+    def torch_call(fn):
+        def run():
+            with torch.inference_mode():
+                fn()
+            torch_sync()
+        return run
+
+    # Equal outputs first: the comparison is between the same computation.
+    with torch.inference_mode():
+        ref_img = ref.get_image_features(pixel_values=t_pix).pooler_output.cpu().numpy()
+        ref_txt = ref.get_text_features(input_ids=t_ids77).pooler_output.cpu().numpy()
+    err_img = float(np.abs(ours.encode_image(pixels) - ref_img).max())
+    err_txt = float(np.abs(ours.encode_text(ids77) - ref_txt).max())
+
+    rep = args.repeats
+    t_img_ours = timeit(lambda: ours.encode_image(pixels), rep)
+    t_img_ref = timeit(torch_call(lambda: ref.get_image_features(pixel_values=t_pix)), rep)
+    t_txt_ours = timeit(lambda: ours.encode_text(ids77), rep)
+    t_txt_ref = timeit(torch_call(lambda: ref.get_text_features(input_ids=t_ids77)), rep)
+    t_txt_ref_trim = timeit(torch_call(lambda: ref.get_text_features(input_ids=t_ids_trim)), rep)
+
+    # Achieved FLOP/s of our image tower (XLA's own FLOP count of the compiled program) / measured matmul peak.
+    lowered = _encode_image.lower(ours.module, ours.params, jnp.asarray(pixels))
+    cost = lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops_img = float(cost["flops"]) / n_img
+    peak = matmul_peak(512 if args.smoke else 2048, rep)
+    peak_flops = max(peak.values())
+    ips_ours, ips_ref = n_img / t_img_ours, n_img / t_img_ref
+    pps_ours, pps_ref = n_txt / t_txt_ours, n_txt / t_txt_ref
+    result = {
+        "image_ratio": _round(ips_ours / ips_ref),
+        "text_ratio": _round(pps_ours / pps_ref),
+        "mfu_image": _round(flops_img * ips_ours / peak_flops),
+        "text_ratio_vs_trimmed_reference": _round(pps_ours / (n_txt / t_txt_ref_trim)),
+    }
+    figures = {
+        "max |ours - reference| image / text features": f"{err_img:.2e} / {err_txt:.2e}",
+        "image tower images/s (ours, reference)": f"{ips_ours:.3f}, {ips_ref:.3f}",
+        "text tower prompts/s (ours, reference at 77 positions)": f"{pps_ours:.2f}, {pps_ref:.2f}",
+        f"reference text prompts/s, trimmed to {trimmed} positions": f"{n_txt / t_txt_ref_trim:.2f}",
+        "image tower GFLOP/image (XLA cost analysis)": f"{flops_img / 1e9:.2f}",
+        "fp32 matmul peak GFLOP/s (jax, torch)": f"{peak['jax'] / 1e9:.1f}, {peak['torch'] / 1e9:.1f}",
+        "image tower achieved GFLOP/s": f"{flops_img * ips_ours / 1e9:.1f}",
+    }
+    report("towers", {"images": n_img, "prompts": n_txt, "repeats": rep, "smoke": args.smoke,
+                      "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result)
+
+
+# ------------------------------------------------------------------ 2. train step
+
+
+def _class_text(clip: FrozenCLIP, names: list[str], num_tokens: int, token_position: str) -> ClassText:
+    texts = [TEMPLATE.format(c) for c in names]
+    z = clip.encode_text(clip.tokenize(texts))
+    ids, eot = template_ids(clip.tokenizer, texts, num_tokens)
+    return ClassText(features=jnp.asarray(z / np.linalg.norm(z, axis=-1, keepdims=True)), ids=jnp.asarray(ids),
+                     eot=jnp.asarray(eot), token_position=token_position)
+
+
+def _step_inputs(clip: FrozenCLIP, batch: int, classes: int, prompts: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    d = clip.config.projection_dim
+    table = rng.normal(size=(classes, prompts, d)).astype(np.float32)
+    table /= np.linalg.norm(table, axis=-1, keepdims=True)
+    labels = rng.integers(0, classes, size=batch).astype(np.int32)
+    feats = rng.normal(size=(batch, d)).astype(np.float32)
+    b = {"features": jnp.asarray(feats), "labels": jnp.asarray(labels), "prompt_rows": jnp.asarray(labels),
+         "index": jnp.arange(batch, dtype=jnp.int32)}
+    return b, table, np.ones((classes, prompts), bool)
+
+
+def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int,
+                  prompts: int = 8):
+    """Our jitted train step (the one train.py runs) with its inputs; returns (run_one_step, jitted, args)."""
+    import optax
+
+    from aape_jax.train_step import LossWeights, StepData, TrainState, make_train_step
+
+    cfg = AAPEConfig(embed_dim=clip.config.projection_dim, token_width=clip.config.text.hidden_size,
+                     combine=combine, num_heads=8 if clip.config.projection_dim % 8 == 0 else 4,
+                     generator_hidden=max(1, clip.config.projection_dim // 16), token_position=token_position)
+    model = AAPE(cfg)
+    b, table, mask = _step_inputs(clip, batch, classes, prompts)
+    data = StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask),
+                    class_text=_class_text(clip, class_names(classes), 1, token_position),
+                    clip_params=clip.params if combine == "token" else None,
+                    logit_scale=jnp.asarray(clip.params["logit_scale"]))
+    params = model.init(jax.random.key(0), b["features"][:1], data.prompts[:1], data.prompt_mask[:1])["params"]
+    tx = optax.sgd(0.002, momentum=0.9)
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params))
+    jitted = jax.jit(make_train_step(model, clip.module, tx, LossWeights()), donate_argnums=0)
+    key = jax.random.key(0)
+    holder = [state]
+
+    def run():
+        holder[0], metrics = jitted(holder[0], b, data, key)
+        jax.block_until_ready(metrics)
+
+    return run, jitted, (state, b, data, key)
+
+
+class TorchAAPE:
+    """The same training step in PyTorch: attention aggregator, generator, token head, CLIP text tower
+    through `inputs_embeds` with the AAPE token inserted into every class template (CoCoOp-style, one
+    sequence per (image, class) pair), CE + distillation + CLIP-reward loss, SGD with momentum."""
+
+    def __init__(self, ref, clip: FrozenCLIP, class_text: ClassText, heads: int, hidden: int):
+        import torch
+        from torch import nn
+
+        self.torch, self.ref = torch, ref
+        dev = torch_device()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        d, w = clip.config.projection_dim, clip.config.text.hidden_size
+        self.agg = nn.MultiheadAttention(d, heads, batch_first=True).to(dev)
+        self.agg_out = nn.Linear(d, d).to(dev)
+        self.gen = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d)).to(dev)
+        self.head = nn.Linear(d, w).to(dev)
+        params = [*self.agg.parameters(), *self.agg_out.parameters(), *self.gen.parameters(), *self.head.parameters()]
+        self.opt = torch.optim.SGD(params, lr=0.002, momentum=0.9)
+        self.ids = torch.from_numpy(np.asarray(class_text.ids).astype(np.int64)).to(dev)  # [C, L]
+        self.eot = torch.from_numpy(np.asarray(class_text.eot).astype(np.int64)).to(dev)  # [C]
+        self.position = class_text.token_position
+        self.logit_scale = ref.logit_scale.detach().exp()
+
+    def text_features(self, tokens):  # tokens [B, 1, W] -> [B, C, D]
+        torch, tm = self.torch, self.ref.text_model
+        embeds = tm.embeddings.token_embedding(self.ids)  # [C, L, W]
+        b, c, length = tokens.shape[0], embeds.shape[0], embeds.shape[1]
+        tok = tokens[:, None].expand(b, c, 1, -1)
+        tmpl = embeds[None].expand(b, c, length, -1)
+        if self.position == "prefix":
+            x = torch.cat([tmpl[:, :, :1], tok, tmpl[:, :, 1:]], dim=2)  # [B, C, L+1, W]
+        else:  # before each class's EOT
+            j = torch.arange(length + 1, device=embeds.device)[None]
+            src = torch.where(j < self.eot[:, None], j, j - 1).clamp(0, length - 1)  # [C, L+1]
+            moved = torch.gather(embeds, 1, src[..., None].expand(-1, -1, embeds.shape[-1]))
+            is_tok = (j == self.eot[:, None])[None, :, :, None]
+            x = torch.where(is_tok, tok.expand(b, c, length + 1, -1), moved[None].expand(b, c, -1, -1))
+        x = x.reshape(b * c, length + 1, -1)
+        h = tm.embeddings(inputs_embeds=x)
+        n = h.shape[1]
+        mask = torch.full((n, n), float("-inf"), device=h.device).triu(1)[None, None]
+        h = tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask).last_hidden_state)
+        pos = (self.eot + 1).repeat(b)  # [B*C]
+        pooled = h[torch.arange(b * c, device=h.device), pos]
+        return self.ref.text_projection(pooled).reshape(b, c, -1)
+
+    def step(self, feats, labels, prompts) -> float:
+        torch, f = self.torch, self.torch.nn.functional
+        q = f.normalize(feats, dim=-1)
+        summary, _ = self.agg(q[:, None], prompts, prompts)
+        summary = f.normalize(self.agg_out(summary[:, 0]), dim=-1)
+        a = self.gen(q)
+        w = f.normalize(self.text_features(self.head(a)[:, None]), dim=-1)  # [B, C, D]
+        logits = self.logit_scale * torch.einsum("bd,bcd->bc", q, w)
+        ce = f.cross_entropy(logits, labels)
+        distill = ((f.normalize(a, dim=-1) - summary.detach()) ** 2).sum(-1).mean()
+        sim = self.logit_scale * summary @ q.T
+        target = torch.arange(len(q), device=q.device)
+        agg = 0.5 * (f.cross_entropy(sim, target) + f.cross_entropy(sim.T, target))
+        loss = ce + distill + agg
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        torch_sync()
+        return float(loss.detach())
+
+
+def bench_train_step(args: argparse.Namespace) -> None:
+    import torch
+
+    batch, classes = (8, 5) if args.smoke else (32, args.classes)
+    rep = args.repeats
+    with tempfile.TemporaryDirectory() as d:
+        path = make_checkpoint(d, args.smoke, args.tokenizer_dir)
+        clip = clip_lib.load(path)
+        ref = load_reference(path)
+    secs = {}
+    for name, combine, position in (("token_prefix", "token", "prefix"), ("token_suffix", "token", "suffix"),
+                                    ("feature", "feature", "prefix")):
+        run, _, _ = make_our_step(clip, combine, position, batch, classes)
+        secs[name] = timeit(run, rep if combine == "token" else max(rep, 20))
+    b, table, _ = _step_inputs(clip, batch, classes, 8)
+    dev = torch_device()
+    t_feats = torch.from_numpy(np.asarray(b["features"])).to(dev)
+    t_labels = torch.from_numpy(np.asarray(b["labels"]).astype(np.int64)).to(dev)
+    t_prompts = torch.from_numpy(table[np.asarray(b["labels"])]).to(dev)  # [B, M, D]
+    hidden = max(1, clip.config.projection_dim // 16)
+    heads = 8 if clip.config.projection_dim % 8 == 0 else 4
+    for position in ("prefix", "suffix"):
+        ct = _class_text(clip, class_names(classes), 1, position)
+        torch_step = TorchAAPE(ref, clip, ct, heads, hidden)
+        secs[f"torch_{position}"] = timeit(lambda: torch_step.step(t_feats, t_labels, t_prompts), rep)
+    ips = {k: batch / v for k, v in secs.items()}
+    memory = {}
+    if not args.smoke:
+        for position in ("prefix", "suffix"):
+            memory[position] = step_memory_subprocess(args, position, batch, args.memory_classes)
+    result = {
+        "token_vs_torch": _round(ips["token_suffix"] / ips["torch_suffix"]),
+        "feature_vs_token": _round(ips["feature"] / ips["token_suffix"]),
+        "token_prefix_vs_torch": _round(ips["token_prefix"] / ips["torch_prefix"]),
+        "feature_vs_token_prefix": _round(ips["feature"] / ips["token_prefix"]),
+        "peak_memory_gb_token_suffix": memory.get("suffix", {}).get("peak_rss_increase_gb"),
+        "peak_memory_gb_token_prefix": memory.get("prefix", {}).get("peak_rss_increase_gb"),
+    }
+    figures = {f"{k} training images/s": f"{v:.3f}" for k, v in ips.items()}
+    for position, m in memory.items():
+        figures[f"memory, token {position} step, B={batch} C={args.memory_classes}"] = json.dumps(m)
+    report("train_step", {"batch": batch, "classes": classes, "repeats": rep, "smoke": args.smoke,
+                          "template": TEMPLATE, "num_tokens": 1}, figures, result)
+
+
+def step_memory(args: argparse.Namespace) -> None:
+    """(subprocess) Peak memory of one token-mode step: RSS peak increase over the set-up, and XLA's buffers."""
+    with tempfile.TemporaryDirectory() as d:
+        clip = clip_lib.load(make_checkpoint(d, args.smoke, args.tokenizer_dir))
+    run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes)
+    compiled = jitted.lower(*step_args).compile()
+    mem = compiled.memory_analysis()
+    before = _rss_gb()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    run()
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({
+        "rss_before_gb": round(before, 3), "peak_rss_gb": round(peak, 3),
+        "peak_rss_increase_gb": round(peak - max(before, 0.0), 3),
+        "peak_before_step_gb": round(peak_before, 3),
+        "xla_temp_gb": round(mem.temp_size_in_bytes / 2**30, 3) if mem is not None else None,
+        "xla_args_gb": round(mem.argument_size_in_bytes / 2**30, 3) if mem is not None else None,
+    }))
+
+
+def _rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int) -> dict:
+    cmd = [sys.executable, "-m", "aape_jax.bench", "_step_memory", "--token_position", position, "--batch",
+           str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        return {"error": out.stderr[-2000:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ 3. inference
+
+
+def bench_inference(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        clip = clip_lib.load(make_checkpoint(d, args.smoke, args.tokenizer_dir))
+    module = clip.module
+    n = 4 if args.smoke else args.images
+    r = clip.config.vision.image_size
+    pixels = jnp.asarray(np.random.default_rng(0).normal(size=(n, r, r, 3)).astype(np.float32))
+    sizes = (10, 100) if args.smoke else (10, 100, 1000)
+    rep = args.repeats
+
+    @jax.jit
+    def zeroshot(clip_params, pixels, text_features):
+        z = module.apply({"params": clip_params}, pixels, method=CLIP.encode_image)
+        return class_logits(z, text_features[None], clip_params["logit_scale"])  # [B, C]
+
+    def aape_fn(model):
+        @jax.jit
+        def scores(params, clip_params, pixels, class_text, cache):
+            z = module.apply({"params": clip_params}, pixels, method=CLIP.encode_image)
+            aape = model.apply({"params": params}, l2_normalize(z), method=AAPE.generate)
+            tokens = model.apply({"params": params}, aape, method=AAPE.project)
+            w = class_weights("token", tokens, class_text, module, clip_params, prefix_cache=cache)
+            return class_logits(z, w, clip_params["logit_scale"])
+        return scores
+
+    per_image: dict[str, dict[int, float | None]] = {"zeroshot": {}, "aape_suffix": {}, "aape_prefix": {}}
+    for c in sizes:
+        names = class_names(c)
+        ct_suffix = _class_text(clip, names, 1, "suffix")
+        ct_prefix = _class_text(clip, names, 1, "prefix")
+        # Per class list, once (amortised over all images): zero-shot's text features, AAPE's prefix cache.
+        feats = ct_suffix.features
+        cache = jax.jit(class_prefix_cache, static_argnums=1)(ct_suffix, module, clip.params)
+        per_image["zeroshot"][c] = timeit(lambda: zeroshot(clip.params, pixels, feats).block_until_ready(), rep) / n
+        for position, ct, kv in (("suffix", ct_suffix, cache), ("prefix", ct_prefix, None)):
+            if position == "prefix" and c > 100 and not args.full:
+                per_image["aape_prefix"][c] = None  # the plain path at C=1000 takes minutes on a CPU
+                continue
+            cfg = AAPEConfig(embed_dim=clip.config.projection_dim, token_width=clip.config.text.hidden_size,
+                             num_heads=4, generator_hidden=max(1, clip.config.projection_dim // 16),
+                             token_position=position)
+            model = AAPE(cfg)
+            params = model.init(jax.random.key(0), jnp.zeros((1, cfg.embed_dim)), jnp.zeros((1, 2, cfg.embed_dim)),
+                                jnp.ones((1, 2), bool))["params"]
+            fn = aape_fn(model)
+            per_image[f"aape_{position}"][c] = timeit(
+                lambda: fn(params, clip.params, pixels, ct, kv).block_until_ready(), rep) / n
+    result = {
+        "zeroshot_cost_over_aape_c100": _round(per_image["zeroshot"][100] / per_image["aape_suffix"][100]),
+        "zeroshot_cost_over_aape_prefix_c100": _round(per_image["zeroshot"][100] / per_image["aape_prefix"][100]),
+        "ms_per_image": {k: {str(c): (None if t is None else _round(t * 1e3)) for c, t in v.items()}
+                         for k, v in per_image.items()},
+    }
+    figures = {f"{k} ms/image at C={c}": ("skipped (--full)" if t is None else f"{t * 1e3:.1f}")
+               for k, v in per_image.items() for c, t in v.items()}
+    report("inference", {"images_per_call": n, "classes": list(sizes), "repeats": rep, "smoke": args.smoke,
+                         "note": "from pixels; text features / prefix cache computed once per class list"},
+           figures, result)
+
+
+# ------------------------------------------------------------------ 4. feature store
+
+
+def bench_features(args: argparse.Namespace) -> None:
+    """The offline default scaled up, feature mode: a run with a cold feature store, then a rerun (new
+    workdir, same store). A first untimed run on a separate store compiles every program, so the two timed
+    runs differ by the feature store only."""
+    from experiments import aape_base2new
+
+    from aape_jax.train import train_and_evaluate
+
+    def config(store: str, scale: bool):
+        c = aape_base2new.get_config("runlocal,combine=feature")
+        c.feature_store = store
+        c.num_epochs = 1 if args.smoke else 2
+        if scale:
+            c.dataset.synthetic_classes = args.synthetic_classes
+            c.dataset.synthetic_train_per_class = 16
+            c.dataset.synthetic_test_per_class = args.synthetic_test
+            c.dataset.num_views = args.views
+        return c
+
+    with tempfile.TemporaryDirectory() as root:
+        clip_dir = os.path.join(root, "clip")
+        make_checkpoint(clip_dir, True, args.tokenizer_dir)  # the offline default's tiny geometry
+
+        def run(tag: str, store: str, scale: bool) -> float:
+            c = config(os.path.join(root, store), scale and not args.smoke)
+            c.clip = clip_dir
+            t0 = time.perf_counter()
+            train_and_evaluate(c, os.path.join(root, tag))
+            return time.perf_counter() - t0
+
+        warm = run("warmup", "store_warmup", scale=True)
+        first = run("first", "store", scale=True)
+        rerun = run("rerun", "store", scale=True)
+    result = {"rerun_speedup": _round(first / rerun)}
+    figures = {"warm-up run s (separate store, compiles)": f"{warm:.2f}", "first run s (cold store)": f"{first:.2f}",
+               "rerun s (same store)": f"{rerun:.2f}"}
+    report("features", {"classes": args.synthetic_classes, "views": args.views, "smoke": args.smoke,
+                        "combine": "feature", "shots": 16}, figures, result)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+BENCHMARKS = {"towers": bench_towers, "train_step": bench_train_step, "inference": bench_inference,
+              "features": bench_features, "_step_memory": step_memory}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.add_argument("--smoke", action="store_true", help="tiny geometry, one repeat: checks the code runs")
+    parser.add_argument("--tokenizer_dir", default=os.path.normpath(DEFAULT_TOKENIZER_DIR))
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up (median)")
+    parser.add_argument("--images", type=int, default=8, help="towers/inference: images per call")
+    parser.add_argument("--prompts", type=int, default=64, help="towers: prompts per call")
+    parser.add_argument("--classes", type=int, default=50, help="train_step: C")
+    parser.add_argument("--memory_classes", type=int, default=100, help="train_step: C of the memory measurement")
+    parser.add_argument("--full", action="store_true", help="inference: also the plain prefix path at C=1000")
+    parser.add_argument("--synthetic_classes", type=int, default=16, help="features: synthetic classes (at most 16)")
+    parser.add_argument("--synthetic_test", type=int, default=32, help="features: test images per class")
+    parser.add_argument("--views", type=int, default=16, help="features: augmented views per training image")
+    parser.add_argument("--token_position", default="suffix", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats = 1
+    BENCHMARKS[args.name](args)
+
+
+if __name__ == "__main__":
+    main()
