@@ -32,10 +32,22 @@ def main(argv: list[str]) -> None:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     # Imported after jax.distributed is initialised: nothing may touch a backend before.
+    config = _CONFIG.value
+    task = config.get("task", "classification")
+    if task == "retrieval":
+        from aape_jax.retrieval.train import train_and_evaluate as train_retrieval
+
+        metrics = train_retrieval(config, _WORKDIR.value)
+        if distributed.is_main_process():
+            print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+        return
+    if task != "classification":
+        raise app.UsageError(f"config.task is {task!r}; choose 'classification' or 'retrieval'")
+
     from aape_jax.inference import AAPEClassifier
     from aape_jax.train import load_dataset, train_and_evaluate
 
-    metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    metrics = train_and_evaluate(config, _WORKDIR.value)
     if not distributed.is_main_process():
         return
     print(
@@ -47,7 +59,7 @@ def main(argv: list[str]) -> None:
         return  # the inference API below is single-process (its Orbax restore would wait for the others)
     # The inference API on a few test images: what a user calls after training.
     classifier = AAPEClassifier.load(_WORKDIR.value)
-    dataset = load_dataset(_CONFIG.value)
+    dataset = load_dataset(config)
     sample = dataset.test[:: max(1, len(dataset.test) // 4)][:4]
     predicted = classifier.predict([e.image for e in sample], dataset.classnames)
     for example, name in zip(sample, predicted):

@@ -166,11 +166,17 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 @dataclasses.dataclass
 class Run:
-    """What the training loop needs, assembled once."""
+    """What the training loop needs, assembled once.
+
+    `make_step(axis_name)` builds the pure train step (`axis_name` is the
+    pmap axis, or None under jit); classification and retrieval differ only
+    there and in `step_data`.
+    """
 
     model: AAPE
     clip: FrozenCLIP
     tx: optax.GradientTransformation
+    make_step: Callable[[str | None], Callable]
     step_data: StepData
     features: np.ndarray  # [N, K, D]
     labels: np.ndarray  # [N]
@@ -202,10 +208,9 @@ def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple
     jit: NamedSharding, batch on `data`, everything else replicated, the state
     donated. pmap: the same step under `jax.pmap` with gradient `pmean`.
     """
-    weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
     base_key = jax.random.PRNGKey(config.seed)  # raw uint32 key: it replicates through host memory
     if config.parallelism == "jit":
-        step = make_train_step(run.model, run.clip.module, run.tx, weights)
+        step = run.make_step(None)
         rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
         jitted = jax.jit(step, in_shardings=(rep, batch, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
         data = sharding.replicate(run.step_data, mesh)
@@ -218,7 +223,7 @@ def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple
             raise ValueError("config.parallelism='pmap' runs on one process; use 'jit' for multi-host runs")
         devices = list(mesh.devices.flat)
         n = len(devices)
-        step = make_train_step(run.model, run.clip.module, run.tx, weights, axis_name=sharding.DATA_AXIS)
+        step = run.make_step(sharding.DATA_AXIS)
         pmapped = jax.pmap(step, axis_name=sharding.DATA_AXIS, in_axes=(0, 0, None, None), donate_argnums=0,
                            devices=devices)
         split = lambda b: {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in b.items()}
@@ -284,7 +289,7 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
                 if not math.isfinite(metrics["loss"]):
                     raise FloatingPointError(
                         f"training loss is {metrics['loss']} at step {step_no} (epoch {epoch + 1}); "
-                        f"loss parts: { {k: metrics[k] for k in ('ce', 'distill', 'agg')} }"
+                        f"metrics: {metrics}"
                     )
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -342,9 +347,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     class_text = make_class_text(model_clip, store, config.model.template, base_names, aape_cfg.num_tokens)
     labels = np.array([e.label for e in train])
     steps_per_epoch = len(train) // config.batch_size
+    model = AAPE(aape_cfg)
+    tx = make_optimizer(config.optim, steps_per_epoch, config.num_epochs)
+    weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
     run = Run(
-        model=AAPE(aape_cfg), clip=model_clip,
-        tx=make_optimizer(config.optim, steps_per_epoch, config.num_epochs),
+        model=model, clip=model_clip, tx=tx,
+        make_step=lambda axis: make_train_step(model, model_clip.module, tx, weights, axis_name=axis),
         step_data=StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask), class_text=class_text,
                            clip_params=model_clip.params if aape_cfg.combine == "token" else None,
                            logit_scale=jnp.asarray(model_clip.params["logit_scale"])),

@@ -51,6 +51,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     args = _parse(arg)
     runlocal = bool(args.get("runlocal", False))
     config = ml_collections.ConfigDict()
+    config.task = "classification"  # "classification" | "retrieval" (see experiments/aape_retrieval.py)
 
     # Frozen CLIP: an HF-format directory or hub id. Empty: a random CLIP of
     # `random_clip_geometry` is written to WORKDIR/random_clip and loaded from there.

@@ -42,8 +42,10 @@ def _run(frozen, combine, config):
     model = AAPE(AAPEConfig(d, frozen.config.text.hidden_size, combine=combine, aggregator=config.model.aggregator,
                             num_heads=4, generator_hidden=8))
     steps = N // config.batch_size
+    tx = train.make_optimizer(config.optim, steps, 3)
     return train.Run(
-        model=model, clip=frozen, tx=train.make_optimizer(config.optim, steps, 3),
+        model=model, clip=frozen, tx=tx,
+        make_step=lambda axis: make_train_step(model, frozen.module, tx, LossWeights(), axis_name=axis),
         step_data=StepData(jnp.asarray(prompts), jnp.asarray(mask), class_text,
                            frozen.params if combine == "token" else None, jnp.asarray(frozen.params["logit_scale"])),
         features=rng.normal(size=(N, K, d)).astype(np.float32), labels=labels, prompt_rows=labels,
