@@ -50,13 +50,14 @@ def main(argv: list[str]) -> None:
     metrics = train_and_evaluate(config, _WORKDIR.value)
     if not distributed.is_main_process():
         return
+    loss = metrics["train_loss"]
     print(
-        f"base_acc={metrics['base_acc']:.2f} new_acc={metrics['new_acc']:.2f} "
-        f"harmonic_mean={metrics['harmonic_mean']:.2f} train_loss={metrics['train_loss']:.4f}"
+        f"{metrics['method']}: base_acc={metrics['base_acc']:.2f} new_acc={metrics['new_acc']:.2f} "
+        f"harmonic_mean={metrics['harmonic_mean']:.2f}" + (f" train_loss={loss:.4f}" if loss is not None else "")
         + (" (random CLIP weights: these accuracies mean nothing)" if metrics["random_weights"] else "")
     )
-    if jax.process_count() > 1:
-        return  # the inference API below is single-process (its Orbax restore would wait for the others)
+    if metrics["method"] != "aape" or jax.process_count() > 1:
+        return  # the inference API below is AAPE's, single-process (its Orbax restore would wait for the others)
     # The inference API on a few test images: what a user calls after training.
     classifier = AAPEClassifier.load(_WORKDIR.value)
     dataset = load_dataset(config)

@@ -32,14 +32,12 @@ from aape_jax.checkpoint import Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
 from aape_jax.data import protocol, synthetic
-from aape_jax.data.feature_store import FeatureStore, extract_image_features, fingerprint
-from aape_jax.data.text_features import clip_fingerprint, prompt_table, template_features
+from aape_jax.data.feature_store import FeatureStore, extract_image_features
+from aape_jax.data.text_features import clip_fingerprint
 from aape_jax.data.types import Example, ImageDataset
-from aape_jax.evaluate import predict_classes
-from aape_jax.models.aape import AAPE, AAPEConfig
-from aape_jax.models.heads import ClassText, template_ids
+from aape_jax import evaluate, methods
 from aape_jax.prompts import IMAGENET_TEMPLATES, match_classes, read_class_descriptions
-from aape_jax.train_step import LossWeights, StepData, TrainState, make_train_step
+from aape_jax.train_step import TrainState, make_step
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -105,28 +103,6 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int, num_e
     return optax.chain(optax.clip_by_global_norm(optim.grad_clip), core) if optim.grad_clip > 0 else core
 
 
-def aape_config(config: ml_collections.ConfigDict, model: FrozenCLIP) -> AAPEConfig:
-    m = config.model
-    return AAPEConfig(
-        embed_dim=model.config.projection_dim, token_width=model.config.text.hidden_size, combine=m.combine,
-        aggregator=m.aggregator, num_heads=m.num_heads, aggregator_hidden=m.aggregator_hidden,
-        generator_hidden=m.generator_hidden, num_tokens=m.num_tokens,
-    )
-
-
-def make_class_text(model: FrozenCLIP, store: FeatureStore | None, template: str, classnames: list[str],
-                    num_tokens: int) -> ClassText:
-    """Template features (feature head) and template ids (token head) for a list of classes."""
-    if store is None:
-        from aape_jax.data.text_features import encode_texts
-
-        features = encode_texts(model, [template.format(c) for c in classnames], "templates")
-    else:
-        features = template_features(model, store, template, classnames)
-    ids, eot = template_ids(model.tokenizer, [template.format(c) for c in classnames], num_tokens)
-    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot))
-
-
 def image_features(model: FrozenCLIP, store: FeatureStore, examples: list[Example], data_key: dict, *,
                    augment: bool, views: int, seed: int, desc: str) -> np.ndarray:
     """Cached CLIP image features [N, views, D] (normalised later, in the step)."""
@@ -168,16 +144,16 @@ def write_json_atomic(path: str, payload: Any) -> None:
 class Run:
     """What the training loop needs, assembled once.
 
-    `make_step(axis_name)` builds the pure train step (`axis_name` is the
-    pmap axis, or None under jit); classification and retrieval differ only
-    there and in `step_data`.
+    `init_params(key)` gives a fresh trainable tree; `make_step(axis_name)`
+    builds the pure train step (`axis_name` is the pmap axis, or None under
+    jit). Methods and tasks differ only there and in `step_data`.
     """
 
-    model: AAPE
     clip: FrozenCLIP
     tx: optax.GradientTransformation
+    init_params: Callable[[jax.Array], Any]
     make_step: Callable[[str | None], Callable]
-    step_data: StepData
+    step_data: Any
     features: np.ndarray  # [N, K, D]
     labels: np.ndarray  # [N]
     prompt_rows: np.ndarray  # [N]
@@ -240,9 +216,7 @@ def make_step_runner(run: Run, config: ml_collections.ConfigDict, mesh) -> tuple
 
 def initial_state(run: Run, config: ml_collections.ConfigDict, ckpt: Checkpointer) -> tuple[TrainState, dict]:
     """Resume from this workdir > initialise from `config.init` > fresh."""
-    d = run.step_data
-    q = jnp.zeros((1, d.prompts.shape[-1]))
-    params = run.model.init(jax.random.key(config.seed), q, d.prompts[:1], d.prompt_mask[:1])["params"]
+    params = run.init_params(jax.random.key(config.seed))
     state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=run.tx.init(params))
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)
@@ -319,7 +293,7 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the whole pipeline; returns (and writes) the metrics dict."""
+    """Runs the whole pipeline for `config.method`; returns (and writes) the metrics dict."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if distributed.is_main_process():
@@ -334,50 +308,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     base, new = protocol.base_new_split(len(dataset.classnames))
     base_names = [dataset.classnames[i] for i in base]
     new_names = [dataset.classnames[i] for i in new]
-    train = protocol.few_shot(protocol.subsample(dataset.train, base), config.dataset.shots, config.seed)
-    if len(train) < config.batch_size:
-        raise ValueError(f"{len(train)} training images are fewer than batch_size {config.batch_size}")
-    prompts = class_prompts(config, dataset.classnames, workdir)
-    table, mask = prompt_table(model_clip, store, [prompts[i] for i in base], base_names)
+    prompts_by_name: dict[str, list[str]] = {}
+
+    def prompts_of(names):
+        if not prompts_by_name:
+            prompts_by_name.update(zip(dataset.classnames, class_prompts(config, dataset.classnames, workdir)))
+        return [prompts_by_name[n] for n in names]
+
+    learner = methods.build(config, model_clip, store, base_names, prompts_of)
     data_key = {"dataset": config.dataset.to_dict()}
-    train_z = image_features(model_clip, store, train, data_key, augment=True, views=config.dataset.num_views,
-                             seed=config.seed, desc="train image features")
 
-    aape_cfg = aape_config(config, model_clip)
-    class_text = make_class_text(model_clip, store, config.model.template, base_names, aape_cfg.num_tokens)
-    labels = np.array([e.label for e in train])
-    steps_per_epoch = len(train) // config.batch_size
-    model = AAPE(aape_cfg)
-    tx = make_optimizer(config.optim, steps_per_epoch, config.num_epochs)
-    weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
-    run = Run(
-        model=model, clip=model_clip, tx=tx,
-        make_step=lambda axis: make_train_step(model, model_clip.module, tx, weights, axis_name=axis),
-        step_data=StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask), class_text=class_text,
-                           clip_params=model_clip.params if aape_cfg.combine == "token" else None,
-                           logit_scale=jnp.asarray(model_clip.params["logit_scale"])),
-        features=train_z, labels=labels, prompt_rows=labels, steps_per_epoch=steps_per_epoch,
-    )
+    # Stage 2: training (methods that learn).
+    params, history = None, []
+    if learner.init_params is not None:
+        train = protocol.few_shot(protocol.subsample(dataset.train, base), config.dataset.shots, config.seed)
+        if len(train) < config.batch_size:
+            raise ValueError(f"{len(train)} training images are fewer than batch_size {config.batch_size}")
+        train_z = image_features(model_clip, store, train, data_key, augment=True, views=config.dataset.num_views,
+                                 seed=config.seed, desc="train image features")
+        labels = np.array([e.label for e in train])
+        steps_per_epoch = len(train) // config.batch_size
+        tx = make_optimizer(config.optim, steps_per_epoch, config.num_epochs)
+        run = Run(
+            clip=model_clip, tx=tx, init_params=learner.init_params,
+            make_step=lambda axis: make_step(learner.make_loss(axis), tx, axis),
+            step_data=learner.step_data, features=train_z, labels=labels, prompt_rows=labels,
+            steps_per_epoch=steps_per_epoch,
+        )
+        params, history = fit(run, config, workdir, mesh)
 
-    # Stage 2: training.
-    params, history = fit(run, config, workdir, mesh)
-
-    # Stage 3: evaluation on base and new classes (the generator and head only).
+    # Stage 3: evaluation on base and new classes.
     results = {}
+    clip_params = model_clip.params if learner.uses_clip_text else None
     for split, names, classes in (("base", base_names, base), ("new", new_names, new)):
         test = protocol.subsample(dataset.test, classes)
         z = image_features(model_clip, store, test, data_key, augment=False, views=1, seed=0,
                            desc=f"{split} test features")[:, 0]
-        ct = make_class_text(model_clip, store, config.model.template, names, aape_cfg.num_tokens)
-        pred = predict_classes(run.model, model_clip, params, z, ct, mesh, config.eval_batch_size)
-        results[f"{split}_acc"] = protocol.accuracy(pred, [e.label for e in test])
-        results[f"{split}_per_class_acc"] = protocol.per_class_accuracy(
-            pred, [e.label for e in test], len(names)).tolist()
+        pred = evaluate.logits(learner.logits_fn, params, z, learner.class_text(names), clip_params,
+                               model_clip.params["logit_scale"], mesh, config.eval_batch_size).argmax(-1)
+        truth = [e.label for e in test]
+        results[f"{split}_acc"] = protocol.accuracy(pred, truth)
+        results[f"{split}_per_class_acc"] = protocol.per_class_accuracy(pred, truth, len(names)).tolist()
     metrics = {
+        "method": learner.name,
         "base_acc": results["base_acc"],
         "new_acc": results["new_acc"],
         "harmonic_mean": protocol.harmonic_mean(results["base_acc"], results["new_acc"]),
-        "train_loss": history[-1]["loss"] if history else float("nan"),
+        "train_loss": history[-1]["loss"] if history else None,
         "base_per_class_acc": results["base_per_class_acc"],
         "new_per_class_acc": results["new_per_class_acc"],
         "history": history,
@@ -391,7 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.close()
     if distributed.is_main_process():
         write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
-    logging.info("base %.2f new %.2f H %.2f", metrics["base_acc"], metrics["new_acc"], metrics["harmonic_mean"])
+    logging.info("%s: base %.2f new %.2f H %.2f", learner.name, metrics["base_acc"], metrics["new_acc"],
+                 metrics["harmonic_mean"])
     return metrics
 
 

@@ -107,18 +107,16 @@ def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name
     return loss_fn
 
 
-def make_train_step(
-    model: AAPE, clip_module: CLIP, tx: optax.GradientTransformation, weights: LossWeights,
-    axis_name: str | None = None,
-) -> Callable[[TrainState, Batch, StepData, jax.Array], tuple[TrainState, dict]]:
-    """Returns the pure `train_step(state, batch, data, base_key) -> (state, metrics)`.
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation, axis_name: str | None = None) -> Callable:
+    """Any `loss_fn(params, batch, data, key) -> (loss, parts)` -> the pure
+    `train_step(state, batch, data, base_key) -> (state, metrics)`.
 
-    The step's randomness is `fold_in(base_key, step)`, then per example
-    `fold_in(., global index)`: results do not depend on the device count.
+    The step's randomness is `fold_in(base_key, step)`; losses draw per example
+    with `fold_in(., global index)`, so results do not depend on the device
+    count. Under pmap (`axis_name`), gradients and metrics are averaged.
     """
-    loss_fn = make_loss_fn(model, clip_module, weights, axis_name)
 
-    def train_step(state: TrainState, batch: Batch, data: StepData, base_key: jax.Array):
+    def train_step(state: TrainState, batch: Batch, data: Any, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state.step)
         grads, parts = jax.grad(loss_fn, has_aux=True)(state.params, batch, data, key)
         if axis_name is not None:
@@ -130,6 +128,14 @@ def make_train_step(
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def make_train_step(
+    model: AAPE, clip_module: CLIP, tx: optax.GradientTransformation, weights: LossWeights,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, Batch, StepData, jax.Array], tuple[TrainState, dict]]:
+    """AAPE's train step (`make_loss_fn` through `make_step`)."""
+    return make_step(make_loss_fn(model, clip_module, weights, axis_name), tx, axis_name)
 
 
 def make_logits_fn(model: AAPE, clip_module: CLIP) -> Callable[[Any, jax.Array, ClassText, Any, jax.Array], jax.Array]:

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from aape_jax import clip, sharding, train
+from aape_jax import clip, methods, sharding, train
 from aape_jax.clip import tiny
 from aape_jax.models.aape import AAPE, AAPEConfig
 from aape_jax.train_step import LossWeights, StepData, TrainState, make_train_step
@@ -37,14 +37,16 @@ def _run(frozen, combine, config):
     prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
     mask = np.arange(M)[None] < np.array([5, 3, 4, 2])[:, None]
     names = ["red circle", "blue square", "green triangle", "yellow star"]
-    class_text = train.make_class_text(frozen, None, "a photo of a {}.", names, 1)
+    class_text = methods.make_class_text(frozen, None, "a photo of a {}.", names, 1)
     labels = np.arange(N) % NUM_CLASSES
     model = AAPE(AAPEConfig(d, frozen.config.text.hidden_size, combine=combine, aggregator=config.model.aggregator,
                             num_heads=4, generator_hidden=8))
     steps = N // config.batch_size
     tx = train.make_optimizer(config.optim, steps, 3)
+    q0 = jnp.zeros((1, d))
     return train.Run(
-        model=model, clip=frozen, tx=tx,
+        clip=frozen, tx=tx,
+        init_params=lambda key: model.init(key, q0, jnp.asarray(prompts[:1]), jnp.asarray(mask[:1]))["params"],
         make_step=lambda axis: make_train_step(model, frozen.module, tx, LossWeights(), axis_name=axis),
         step_data=StepData(jnp.asarray(prompts), jnp.asarray(mask), class_text,
                            frozen.params if combine == "token" else None, jnp.asarray(frozen.params["logit_scale"])),
@@ -55,9 +57,7 @@ def _run(frozen, combine, config):
 
 def _train(run, config, epochs=2):
     mesh = sharding.make_mesh(config.num_devices or None)
-    d = run.step_data
-    params = run.model.init(jax.random.key(0), jnp.zeros((1, d.prompts.shape[-1])), d.prompts[:1],
-                            d.prompt_mask[:1])["params"]
+    params = run.init_params(jax.random.key(0))
     state = TrainState(jnp.asarray(0, jnp.int32), params, run.tx.init(params))
     place, step, fetch = train.make_step_runner(run, config, mesh)
     state = place(state)
@@ -92,17 +92,18 @@ def test_pmap_equals_jit(frozen, aggregator):
 def test_clip_untouched_and_single_trace(frozen):
     config = _config()
     run = _run(frozen, "token", config)
+    d = frozen.config.projection_dim
+    model = AAPE(AAPEConfig(d, frozen.config.text.hidden_size, num_heads=4, generator_hidden=8))
     before = jax.tree.map(np.array, frozen.params)
     mesh = sharding.make_mesh()
     step = chex.assert_max_traces(
-        make_train_step(run.model, frozen.module, run.tx, LossWeights()), n=1)
+        make_train_step(model, frozen.module, run.tx, LossWeights()), n=1)
     rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     jitted = jax.jit(step, in_shardings=(rep, bat, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
-    d = run.step_data
-    params = run.model.init(jax.random.key(0), jnp.zeros((1, d.prompts.shape[-1])), d.prompts[:1],
-                            d.prompt_mask[:1])["params"]
+    data = run.step_data
+    params = run.init_params(jax.random.key(0))
     state = sharding.replicate(TrainState(jnp.asarray(0, jnp.int32), params, run.tx.init(params)), mesh)
-    data = sharding.replicate(d, mesh)
+    data = sharding.replicate(data, mesh)
     key = jax.random.key(0)
     for epoch in range(3):
         for batch in train.epoch_batches(run, config, epoch):
