@@ -1,0 +1,171 @@
+"""ImageNet in CoOp's layout, and its four variants as their releases ship them.
+
+Under the data root ``ROOT``:
+
+===============  ==========================================================
+dataset          folders (the first one found is used)
+===============  ==========================================================
+imagenet         ``imagenet/images/train/<wnid>/``, ``imagenet/images/val/<wnid>/``,
+                 ``imagenet/classnames.txt`` (required)
+imagenet_v2      ``imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/``
+                 or ``imagenetv2-matched-frequency-format-val/<0..999>/``
+imagenet_sketch  ``imagenet-sketch/images/<wnid>/``, ``imagenet-sketch/sketch/<wnid>/``
+                 or ``sketch/<wnid>/``
+imagenet_a       ``imagenet-adversarial/imagenet-a/<wnid>/`` or ``imagenet-a/<wnid>/``
+imagenet_r       ``imagenet-rendition/imagenet-r/<wnid>/`` or ``imagenet-r/<wnid>/``
+===============  ==========================================================
+
+``classnames.txt`` has one ``"<wnid> <class name>"`` per line (CoOp ships
+CLIP's cleaned names in it; :func:`aape_jax.data.classnames.load` has the same
+list).  Label ``i`` is the ``i``-th wnid in sorted order, so with the full file
+labels are the standard ImageNet indices.  ImageNet's ``train`` is the train
+folder, ``test`` the val folder; ``val`` is left empty (CoOp aliases it to the
+test set, which would only make callers extract the 50k features twice).
+
+The variants are test-only (``train == val == []``) and always labelled in
+ImageNet's 1000-class space, with ImageNet's names: from a ``classnames.txt``
+next to the variant's images (CoOp's layout puts a copy in each variant's
+folder) if there is one, else the shipped list.  ImageNet-A and -R contain
+only 200 classes; :func:`imagenet_subset` gives their label indices, which
+evaluation uses to restrict the candidate classes (as CoOp evaluates them on
+their 200 classes).  ImageNet-V2's folders are the label indices themselves.
+
+Files that are not folders (e.g. ImageNet-A's ``README.txt``) are skipped; a
+class folder whose name is not a known wnid is an error.  Folder trees are
+listed eagerly (one ``scandir`` per class), images are not opened or checked:
+a broken image surfaces when it is loaded, and the loader's error names it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+from aape_jax.data import classnames as _classnames
+from aape_jax.data.classnames import imagenet_subset, imagenet_wnids
+from aape_jax.data.folder import list_class_dirs, list_images
+from aape_jax.data.types import Example, ImageDataset
+
+__all__ = [
+    "IMAGENET_VARIANTS",
+    "VARIANT_DIRS",
+    "read_classnames_file",
+    "load_imagenet",
+    "load_imagenet_variant",
+    "imagenet_subset",
+    "imagenet_wnids",
+]
+
+IMAGENET_VARIANTS: tuple[str, ...] = _classnames.VARIANTS
+
+# Candidate image folders (relative to the data root), first existing one wins.
+VARIANT_DIRS: dict[str, tuple[str, ...]] = {
+    "imagenet_v2": (
+        "imagenetv2/imagenetv2-matched-frequency-format-val",
+        "imagenetv2-matched-frequency-format-val",
+    ),
+    "imagenet_sketch": ("imagenet-sketch/images", "imagenet-sketch/sketch", "sketch"),
+    "imagenet_a": ("imagenet-adversarial/imagenet-a", "imagenet-a"),
+    "imagenet_r": ("imagenet-rendition/imagenet-r", "imagenet-r"),
+}
+
+
+def read_classnames_file(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """``(wnids, names)`` of a CoOp ``classnames.txt``, sorted by wnid.
+
+    Raises:
+      FileNotFoundError: no such file (the message names it).
+      ValueError: a line without a name, or a repeated wnid.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"imagenet: expected the class-name file at {path}")
+    table: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(" ", 1)
+        if len(parts) != 2 or not parts[1].strip():
+            raise ValueError(f"{path}:{lineno}: expected '<wnid> <class name>', got {line!r}")
+        wnid, name = parts[0], parts[1].strip()
+        if wnid in table:
+            raise ValueError(f"{path}:{lineno}: wnid {wnid} appears twice")
+        table[wnid] = name
+    wnids = sorted(table)
+    return wnids, [table[w] for w in wnids]
+
+
+def _wnid_examples(
+    folder: pathlib.Path,
+    index: dict[str, int],
+    dataset: str,
+    key_prefix: str = "",
+) -> list[Example]:
+    out: list[Example] = []
+    for wnid in list_class_dirs(folder):
+        if wnid not in index:
+            raise ValueError(
+                f"{dataset}: folder {folder / wnid} is not an ImageNet class "
+                f"(not among the {len(index)} known wnids)"
+            )
+        for p in list_images(folder / wnid):
+            out.append(
+                Example(image=str(p), label=index[wnid], key=key_prefix + p.relative_to(folder).as_posix())
+            )
+    return out
+
+
+def load_imagenet(root: str | os.PathLike) -> ImageDataset:
+    """ImageNet from ``ROOT/imagenet`` (CoOp layout; see the module docstring)."""
+    root = pathlib.Path(root)
+    ddir = root / "imagenet"
+    for p, what in ((root, "data root"), (ddir, "dataset"), (ddir / "images" / "train", "train image"),
+                    (ddir / "images" / "val", "val image")):
+        if not p.is_dir():
+            raise FileNotFoundError(f"imagenet: expected the {what} folder at {p}")
+    wnids, names = read_classnames_file(ddir / "classnames.txt")
+    index = {w: i for i, w in enumerate(wnids)}
+    images = ddir / "images"
+    train = _wnid_examples(images / "train", index, "imagenet", "train/")
+    test = _wnid_examples(images / "val", index, "imagenet", "val/")
+    return ImageDataset(name="imagenet", classnames=names, train=train, val=[], test=test)
+
+
+def _find_variant_dir(root: pathlib.Path, name: str) -> pathlib.Path:
+    cands: Sequence[str] = VARIANT_DIRS[name]
+    for c in cands:
+        if (root / c).is_dir():
+            return root / c
+    tried = ", ".join(str(root / c) for c in cands)
+    raise FileNotFoundError(f"{name}: expected the image folder at one of: {tried}")
+
+
+def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
+    """A test-only ImageNet variant, labelled in ImageNet's 1000 classes."""
+    if name not in VARIANT_DIRS:
+        raise KeyError(f"unknown ImageNet variant {name!r}; known: {', '.join(VARIANT_DIRS)}")
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name}: expected the data root folder at {root}")
+    folder = _find_variant_dir(root, name)
+    local = folder.parent / "classnames.txt"
+    if local.is_file() and folder.parent != root:
+        wnids, names = read_classnames_file(local)
+    else:
+        wnids, names = imagenet_wnids(), _classnames.load("imagenet")
+
+    if name == "imagenet_v2":
+        test: list[Example] = []
+        for d in list_class_dirs(folder):
+            if not d.isdigit() or int(d) >= len(names):
+                raise ValueError(
+                    f"{name}: folder {folder / d} should be a label index 0..{len(names) - 1}"
+                )
+            for p in list_images(folder / d):
+                test.append(Example(image=str(p), label=int(d), key=p.relative_to(folder).as_posix()))
+    else:
+        index = {w: i for i, w in enumerate(wnids)}
+        test = _wnid_examples(folder, index, name)
+    return ImageDataset(name=name, classnames=list(names), train=[], val=[], test=test)
