@@ -50,10 +50,11 @@ def main(argv: list[str]) -> None:
     metrics = train_and_evaluate(config, _WORKDIR.value)
     if not distributed.is_main_process():
         return
+    figures = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "train_loss"}
     loss = metrics["train_loss"]
     print(
-        f"{metrics['method']}: base_acc={metrics['base_acc']:.2f} new_acc={metrics['new_acc']:.2f} "
-        f"harmonic_mean={metrics['harmonic_mean']:.2f}" + (f" train_loss={loss:.4f}" if loss is not None else "")
+        f"{metrics['method']}: " + " ".join(f"{k}={v:.2f}" for k, v in figures.items())
+        + (f" train_loss={loss:.4f}" if loss is not None else "")
         + (" (random CLIP weights: these accuracies mean nothing)" if metrics["random_weights"] else "")
     )
     if metrics["method"] != "aape" or jax.process_count() > 1:

@@ -32,11 +32,12 @@ from aape_jax.checkpoint import Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
 from aape_jax.data import protocol, synthetic
-from aape_jax.data.feature_store import FeatureStore, extract_image_features
+from aape_jax.data.feature_store import FeatureStore, extract_image_features, fingerprint
 from aape_jax.data.text_features import clip_fingerprint
 from aape_jax.data.types import Example, ImageDataset
 from aape_jax import evaluate, methods
 from aape_jax.prompts import IMAGENET_TEMPLATES, match_classes, read_class_descriptions
+from aape_jax.prompts.aliases import aliases_for
 from aape_jax.train_step import TrainState, make_step
 
 CONFIG_FILE = "config.json"
@@ -60,27 +61,37 @@ def load_clip(config: ml_collections.ConfigDict, workdir: str) -> FrozenCLIP:
     return clip_lib.load(directory, dtype=dtype)
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
+def load_dataset(config: ml_collections.ConfigDict, name: str | None = None) -> ImageDataset:
+    """`config.dataset`'s dataset, or another one (`name`) from the same root and source."""
     d = config.dataset
-    if d.name == "synthetic":
+    name = name or d.name
+    if name == "synthetic":
         return synthetic.make_dataset(d.synthetic_classes, d.synthetic_train_per_class, d.synthetic_test_per_class,
                                       seed=0)
-    raise ValueError(f"dataset {d.name!r} is not available; this build knows: synthetic")
+    from aape_jax.data.datasets import load_dataset as load_named
+
+    return load_named(name, d.root, source=d.get("source", "coop"))
 
 
-def class_prompts(config: ml_collections.ConfigDict, classnames: list[str], workdir: str) -> list[list[str]]:
-    """Per-class natural-language prompts, matched to the dataset's class names."""
-    path = config.prompts.path
+def class_prompts(config: ml_collections.ConfigDict, dataset: str, classnames: list[str], workdir: str,
+                  path: str = "") -> list[list[str]]:
+    """Per-class natural-language prompts from a CuPL-format file, matched to the class names.
+
+    The package's alias table for `dataset` (CuPL spellings) and the config's
+    aliases resolve names that normalisation does not.
+    """
     if not path:
-        if config.dataset.name != "synthetic":
-            raise ValueError("config.prompts.path is empty: give a CuPL-format JSON of class descriptions")
+        if dataset != "synthetic":
+            raise ValueError(f"no prompt file for dataset {dataset!r}: set config.prompts.path "
+                             "(or config.prompts.target_paths for transfer targets) to a CuPL-format JSON")
         path = os.path.join(workdir, "prompts.json")
         if distributed.is_main_process():
             synthetic.write_class_descriptions(path, classnames)
         distributed.barrier("prompts written")
     fallback = IMAGENET_TEMPLATES if config.prompts.fallback_to_templates else None
-    result = match_classes(classnames, read_class_descriptions(path), dict(config.prompts.aliases),
-                           fallback_templates=fallback, source=path)
+    descriptions = read_class_descriptions(path)
+    aliases = {**aliases_for(dataset, available=descriptions), **dict(config.prompts.aliases)}
+    result = match_classes(classnames, descriptions, aliases, fallback_templates=fallback, source=path)
     limit = config.prompts.max_per_class
     return [p[:limit] if limit > 0 else p for p in result.prompts]
 
@@ -305,27 +316,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Stage 1: the frozen CLIP, once, into the store.
     model_clip = load_clip(config, workdir)
     dataset = load_dataset(config)
-    base, new = protocol.base_new_split(len(dataset.classnames))
-    base_names = [dataset.classnames[i] for i in base]
-    new_names = [dataset.classnames[i] for i in new]
+    train_classes, evaluations = protocol_splits(config, dataset)
+    train_names = [dataset.classnames[i] for i in train_classes]
     prompts_by_name: dict[str, list[str]] = {}
 
     def prompts_of(names):
-        if not prompts_by_name:
-            prompts_by_name.update(zip(dataset.classnames, class_prompts(config, dataset.classnames, workdir)))
+        missing = [n for n in names if n not in prompts_by_name]
+        if missing:
+            prompts_by_name.update(zip(dataset.classnames, class_prompts(
+                config, dataset.name, dataset.classnames, workdir, config.prompts.path)))
+            for target, target_path in dict(config.prompts.get("target_paths", {})).items():
+                target_names = load_dataset(config, target).classnames
+                prompts_by_name.update(zip(target_names, class_prompts(config, target, target_names, workdir,
+                                                                       target_path)))
+        unknown = [n for n in names if n not in prompts_by_name]
+        if unknown:
+            raise ValueError(f"no prompts for classes {unknown}: add their dataset to config.prompts.target_paths")
         return [prompts_by_name[n] for n in names]
 
-    learner = methods.build(config, model_clip, store, base_names, prompts_of)
-    data_key = {"dataset": config.dataset.to_dict()}
+    learner = methods.build(config, model_clip, store, train_names, prompts_of)
 
     # Stage 2: training (methods that learn).
     params, history = None, []
     if learner.init_params is not None:
-        train = protocol.few_shot(protocol.subsample(dataset.train, base), config.dataset.shots, config.seed)
+        # The draw is cached as JSON, as CoOp does, so every method and rerun trains on the same images.
+        draw = {"dataset": config.dataset.to_dict(), "protocol": config.get("protocol", "base2new")}
+        fewshot_file = (store.root / "fewshot" /
+                        f"{dataset.name}_shot{config.dataset.shots}_seed{config.seed}_{fingerprint(draw)[:12]}.json")
+        train = protocol.few_shot_cached(protocol.subsample(dataset.train, train_classes), config.dataset.shots,
+                                         config.seed, fewshot_file)
         if len(train) < config.batch_size:
             raise ValueError(f"{len(train)} training images are fewer than batch_size {config.batch_size}")
-        train_z = image_features(model_clip, store, train, data_key, augment=True, views=config.dataset.num_views,
-                                 seed=config.seed, desc="train image features")
+        train_z = image_features(model_clip, store, train, {"dataset": config.dataset.to_dict()}, augment=True,
+                                 views=config.dataset.num_views, seed=config.seed, desc="train image features")
         labels = np.array([e.label for e in train])
         steps_per_epoch = len(train) // config.batch_size
         tx = make_optimizer(config.optim, steps_per_epoch, config.num_epochs)
@@ -337,40 +360,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         params, history = fit(run, config, workdir, mesh)
 
-    # Stage 3: evaluation on base and new classes.
-    results = {}
+    # Stage 3: evaluation on each (test set, candidate classes) of the protocol.
     clip_params = model_clip.params if learner.uses_clip_text else None
-    for split, names, classes in (("base", base_names, base), ("new", new_names, new)):
-        test = protocol.subsample(dataset.test, classes)
-        z = image_features(model_clip, store, test, data_key, augment=False, views=1, seed=0,
-                           desc=f"{split} test features")[:, 0]
+    metrics: dict[str, Any] = {"method": learner.name, "protocol": config.get("protocol", "base2new")}
+    for split, test_set, classes in evaluations:
+        names = [test_set.classnames[i] for i in classes]
+        test = protocol.subsample(test_set.test, classes)
+        z = image_features(model_clip, store, test, {"dataset": test_set.name, "root": config.dataset.root},
+                           augment=False, views=1, seed=0, desc=f"{split} test features")[:, 0]
         pred = evaluate.logits(learner.logits_fn, params, z, learner.class_text(names), clip_params,
                                model_clip.params["logit_scale"], mesh, config.eval_batch_size).argmax(-1)
         truth = [e.label for e in test]
-        results[f"{split}_acc"] = protocol.accuracy(pred, truth)
-        results[f"{split}_per_class_acc"] = protocol.per_class_accuracy(pred, truth, len(names)).tolist()
-    metrics = {
-        "method": learner.name,
-        "base_acc": results["base_acc"],
-        "new_acc": results["new_acc"],
-        "harmonic_mean": protocol.harmonic_mean(results["base_acc"], results["new_acc"]),
-        "train_loss": history[-1]["loss"] if history else None,
-        "base_per_class_acc": results["base_per_class_acc"],
-        "new_per_class_acc": results["new_per_class_acc"],
-        "history": history,
-        "num_devices": int(mesh.size),
-        "random_weights": not config.clip,
-    }
+        metrics[f"{split}_acc"] = protocol.accuracy(pred, truth)
+        metrics[f"{split}_per_class_acc"] = protocol.per_class_accuracy(pred, truth, len(names)).tolist()
+    if "base_acc" in metrics and "new_acc" in metrics:
+        metrics["harmonic_mean"] = protocol.harmonic_mean(metrics["base_acc"], metrics["new_acc"])
+    targets = [split for split, _, _ in evaluations[1:]]
+    if metrics["protocol"] == "transfer" and targets:
+        metrics["target_mean_acc"] = float(np.mean([metrics[f"{t}_acc"] for t in targets]))
+    metrics.update(
+        train_loss=history[-1]["loss"] if history else None, history=history, num_devices=int(mesh.size),
+        random_weights=not config.clip,
+    )
     writer = _summary_writer(workdir)
     if writer is not None:
-        for k in ("base_acc", "new_acc", "harmonic_mean"):
-            writer.add_scalar(f"eval/{k}", metrics[k], config.num_epochs)
+        for k, v in metrics.items():
+            if isinstance(v, float) and k != "train_loss":
+                writer.add_scalar(f"eval/{k}", v, config.num_epochs)
         writer.close()
     if distributed.is_main_process():
         write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
-    logging.info("%s: base %.2f new %.2f H %.2f", learner.name, metrics["base_acc"], metrics["new_acc"],
-                 metrics["harmonic_mean"])
+    logging.info("%s: %s", learner.name, {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)})
     return metrics
+
+
+def protocol_splits(config: ml_collections.ConfigDict, dataset: ImageDataset
+                    ) -> tuple[list[int], list[tuple[str, ImageDataset, list[int]]]]:
+    """Training classes and the evaluations `(name, dataset, candidate classes)` of `config.protocol`.
+
+    base2new: train on the first half of the classes (CoCoOp rounding); test
+    base and new separately. fewshot: train and test on all classes.
+    transfer: train on all classes of the source; test on the source and on
+    each of `config.transfer_targets` (domain generalisation: ImageNet ->
+    V2/Sketch/A/R, with -A/-R on their 200 classes; cross-dataset: ImageNet
+    -> the other ten).
+    """
+    name = config.get("protocol", "base2new")
+    everything = list(range(len(dataset.classnames)))
+    if name == "base2new":
+        base, new = protocol.base_new_split(len(dataset.classnames))
+        return base, [("base", dataset, base), ("new", dataset, new)]
+    if name == "fewshot":
+        return everything, [("all", dataset, everything)]
+    if name == "transfer":
+        from aape_jax.data.classnames import imagenet_subset
+
+        evaluations = [(dataset.name, dataset, everything)]
+        for target in config.transfer_targets:
+            target_set = load_dataset(config, target)
+            classes = (imagenet_subset(target) if target in ("imagenet_a", "imagenet_r")
+                       else list(range(len(target_set.classnames))))
+            evaluations.append((target, target_set, classes))
+        return everything, evaluations
+    raise ValueError(f"config.protocol is {name!r}; choose 'base2new', 'fewshot' or 'transfer'")
 
 
 def _summary_writer(workdir: str):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from aape_jax.prompts.templates import DATASET_TEMPLATES
+
 
 def _parse(arg: str) -> dict[str, str | bool]:
     out: dict[str, str | bool] = {}
@@ -29,6 +31,8 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     runlocal = bool(args.get("runlocal", False))
     config = ml_collections.ConfigDict()
     config.task = "classification"  # "classification" | "retrieval" (see experiments/aape_retrieval.py)
+    config.protocol = "base2new"  # "base2new" | "fewshot" (all classes) | "transfer" (see transfer_targets)
+    config.transfer_targets = []  # datasets tested after training on `dataset` (protocol "transfer")
     config.method = method  # aape | zeroshot_clip | cupl | linear_probe | coop | cocoop | kgcoop (aape_jax/methods.py)
 
     # Frozen CLIP: an HF-format directory or hub id. Empty: a random CLIP of
@@ -40,6 +44,7 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = str(args.get("dataset", "synthetic" if runlocal else "caltech101"))
     config.dataset.root = ""  # dataset root (CoOp layout); unused by "synthetic"
+    config.dataset.source = "coop"  # "coop" (folders + split files) | "tfds" | "folder" (root/<class>/*.jpg)
     config.dataset.shots = int(args.get("shots", 16))  # training images per base class
     config.dataset.num_views = 4 if runlocal else 8  # K augmented views per training image, precomputed
     # "synthetic" only: classes and images per class.
@@ -51,7 +56,8 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     # CuPL-format JSON {class name: [sentence, ...]}. Empty with "synthetic":
     # descriptions are generated into WORKDIR/prompts.json.
     config.prompts.path = ""
-    config.prompts.aliases = ml_collections.ConfigDict()  # {dataset class name: key in the prompt file}
+    config.prompts.aliases = ml_collections.ConfigDict()  # {class name: key in the prompt file}, over the package's table
+    config.prompts.target_paths = ml_collections.ConfigDict()  # {transfer target dataset: its prompt file} (CuPL, AAPE eval)
     config.prompts.fallback_to_templates = False  # classes without prompts get the 80 ImageNet templates
     config.prompts.max_per_class = 0  # keep at most this many prompts per class (0: all)
 
@@ -62,7 +68,8 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     config.model.aggregator_hidden = 512  # MLP aggregator width
     config.model.generator_hidden = 32 if not runlocal else 16  # generator bottleneck (D/16 for ViT-B/16)
     config.model.num_tokens = 1  # AAPE tokens inserted after [SOS] (token mode)
-    config.model.template = "a photo of a {}."  # class template for both heads
+    # Class template of both heads and of the baselines' hand-crafted prompt: CoOp's per-dataset one.
+    config.model.template = DATASET_TEMPLATES.get(config.dataset.name, "a photo of a {}.")
 
     # Baselines (ignored by AAPE).
     config.baseline = ml_collections.ConfigDict()

@@ -18,10 +18,11 @@ from aape_jax.prompts.aliases import ALIASES, aliases_for
 from aape_jax.prompts.captions import read_coco_captions, read_jsonl_captions
 from aape_jax.prompts.cupl import read_class_descriptions
 from aape_jax.prompts.matching import MatchResult, MissingPromptsError, match_classes, normalize_name
-from aape_jax.prompts.templates import IMAGENET_TEMPLATES, SINGLE_TEMPLATE, fill
+from aape_jax.prompts.templates import DATASET_TEMPLATES, IMAGENET_TEMPLATES, SINGLE_TEMPLATE, fill
 
 __all__ = [
     "ALIASES",
+    "DATASET_TEMPLATES",
     "IMAGENET_TEMPLATES",
     "MatchResult",
     "MissingPromptsError",

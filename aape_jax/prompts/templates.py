@@ -109,3 +109,20 @@ def fill(templates: Sequence[str], classname: str) -> list[str]:
             raise ValueError(f"template {t!r} must contain exactly one '{{}}' for the class name")
     # str.replace, not str.format: a class name or template holding other braces stays literal.
     return [t.replace("{}", classname) for t in templates]
+
+
+# CoOp's hand-crafted prompt per dataset (its CUSTOM_TEMPLATES), the "hand-crafted"
+# prompt of zero-shot CLIP rows and of KgCoOp's regulariser in base-to-new tables.
+DATASET_TEMPLATES: dict[str, str] = {
+    "imagenet": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "stanford_cars": "a photo of a {}.",
+    "flowers102": "a photo of a {}, a type of flower.",
+    "food101": "a photo of {}, a type of food.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "sun397": "a photo of a {}.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "ucf101": "a photo of a person doing {}.",
+}
