@@ -17,7 +17,7 @@ CUPL_FILES = ["caltech101", "cifar10", "cifar100", "cub200", "dtd", "fgvc_aircra
 CALTECH_COOP_ALIASES = {
     "car_side": "side of a car", "cougar_body": "body of a cougar cat",
     "cougar_face": "face of a cougar cat", "crocodile_head": "head of a crocodile",
-    "face": "centered face", "flamingo_head": "head of a flamingo",
+    "face": "off-center face", "flamingo_head": "head of a flamingo",
     "snoopy": "snoopy (cartoon beagle)", "yin_yang": "yin and yang symbol",
 }
 
