@@ -10,7 +10,6 @@ order: this workdir's latest checkpoint > `config.init` > fresh.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import subprocess
@@ -27,7 +26,7 @@ from absl import logging
 from tqdm import tqdm
 
 from aape_jax import clip as clip_lib
-from aape_jax import distributed, sharding
+from aape_jax import atomic, distributed, sharding
 from aape_jax.checkpoint import Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
@@ -139,13 +138,6 @@ def git_revision() -> str:
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ training
@@ -308,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if distributed.is_main_process():
-        write_json_atomic(os.path.join(workdir, CONFIG_FILE), {"config": config.to_dict(), "git": git_revision()})
+        atomic.write_json(os.path.join(workdir, CONFIG_FILE), {"config": config.to_dict(), "git": git_revision()})
     mesh = sharding.make_mesh(config.num_devices or None)
     sharding.check_divisible(config.batch_size, mesh)
     store = FeatureStore(config.feature_store or os.path.join(workdir, "feature_store"))
@@ -389,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.add_scalar(f"eval/{k}", v, config.num_epochs)
         writer.close()
     if distributed.is_main_process():
-        write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
+        atomic.write_json(os.path.join(workdir, METRICS_FILE), metrics)
     logging.info("%s: %s", learner.name, {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)})
     return metrics
 

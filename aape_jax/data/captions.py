@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from aape_jax import atomic
 from aape_jax.clip.preprocess import ImageLike
 from aape_jax.data.types import Example
 
@@ -210,14 +211,11 @@ def captioned_images_from_records(records: Iterable[Mapping[str, Any]], source: 
                 target = os.path.splitext(target)[0] + ".png"
                 data = None
             if not os.path.isfile(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp{os.getpid()}"
-                if data is not None:
-                    with open(tmp, "wb") as f:
+                with atomic.atomic_open(target, "wb") as f:
+                    if data is not None:
                         f.write(data)
-                else:
-                    PIL.Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
-                os.replace(tmp, target)
+                    else:
+                        PIL.Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
             image = target
         elif isinstance(image, (bytes, np.bytes_)):
             import io

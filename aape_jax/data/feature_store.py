@@ -28,7 +28,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +38,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from aape_jax import distributed
+from aape_jax import atomic, distributed
 from aape_jax.clip.preprocess import ImageTransform, eval_transform, train_augment
 from aape_jax.data.types import Example
 
@@ -226,19 +225,8 @@ class FeatureStore:
             json.dumps({n: _array_digest(a) for n, a in arrays.items()}, sort_keys=True)
         )
         payload[_COMPLETE] = np.array(True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same directory as the target: os.replace is only atomic within one file system.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic.atomic_open(path, "wb") as f:
+            np.savez(f, **payload)
         _fsync_dir(path.parent)
         return path
 

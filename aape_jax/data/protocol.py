@@ -20,11 +20,11 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from aape_jax import atomic
 from aape_jax.data.types import Example
 
 __all__ = [
@@ -147,7 +147,7 @@ def few_shot_cached(
         return _read_cache(path, examples)
     chosen = few_shot(examples, shots, seed, repeat=repeat)
     payload = {"train": [[e.key, int(e.label)] for e in chosen]}
-    _write_json_atomic(path, payload)
+    atomic.write_json(path, payload)
     return chosen
 
 
@@ -174,22 +174,6 @@ def _read_cache(path: pathlib.Path, examples: Sequence[Example]) -> list[Example
             f"{mislabelled[:5]}; delete the cache to resample"
         )
     return [by_key[k] for k, _ in pairs]
-
-
-def _write_json_atomic(path: pathlib.Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave temp files behind, whatever interrupted the write.
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- #

@@ -30,17 +30,16 @@ dependencies of the package, not runtime ones).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 import unicodedata
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging
 
+from aape_jax import atomic
 from aape_jax.prompts.cupl import read_class_descriptions
 
 # The five questions of CuPL's generate_image_prompts.py, in its order. "{}" is the class
@@ -210,20 +209,6 @@ def describe_class(
     return unique
 
 
-def _write_json_atomic(path: str, data: Mapping[str, list[str]]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_descriptions(
     out: str | os.PathLike[str],
     classnames: Sequence[str],
@@ -258,7 +243,7 @@ def write_descriptions(
 
     for classname in tqdm(todo, desc="classes", unit="class", disable=not progress):
         result[classname] = describe(classname)
-        _write_json_atomic(out, ordered())
+        atomic.write_json(out, ordered())
     if not todo:
-        _write_json_atomic(out, ordered())
+        atomic.write_json(out, ordered())
     return ordered()
