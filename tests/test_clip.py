@@ -190,7 +190,7 @@ def test_missing_directory_names_it(tmp_path):
 
 def test_offline_hub_id_says_how_to_pass_a_local_path(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="local Hugging Face format directory"):
+    with pytest.raises(FileNotFoundError, match="pass the path of a local Hugging Face format CLIP checkpoint directory"):
         clip.load("someone/not-a-real-clip-xyz")
 
 

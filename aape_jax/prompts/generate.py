@@ -39,7 +39,7 @@ from typing import Any
 
 from absl import logging
 
-from aape_jax import atomic
+from aape_jax import atomic, hub
 from aape_jax.prompts.cupl import read_class_descriptions
 
 # The five questions of CuPL's generate_image_prompts.py, in its order. "{}" is the class
@@ -53,7 +53,6 @@ CUPL_QUESTIONS: tuple[str, ...] = (
 )
 FALLBACK_TEMPLATE = "A photo of a {}."
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -99,31 +98,8 @@ def read_questions(path: str | os.PathLike[str]) -> list[str]:
 
 
 def resolve_model(path_or_id: str | os.PathLike[str]) -> str:
-    """A local model directory for `path_or_id`, downloading a hub id when online.
-
-    Raises:
-      FileNotFoundError: the path is missing (and no hub id), or the download failed
-        (offline, unknown repository), with what to pass instead.
-      NotADirectoryError: the path is a file.
-    """
-    path = os.fspath(path_or_id)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise NotADirectoryError(f"{path} is a file; pass the model directory that holds config.json")
-    if not _HUB_ID.match(path) or path.startswith("."):
-        raise FileNotFoundError(f"language model directory {path} does not exist")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(path)
-    except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
-        raise FileNotFoundError(
-            f"{path} is not a local directory, and downloading it from the Hugging Face hub failed "
-            f"({type(e).__name__}: {e}). Offline, pass the path of a local Hugging Face format causal "
-            "LM directory instead (config.json, weights, tokenizer files), e.g. one made with "
-            f"`huggingface-cli download {path} --local-dir DIR` on a machine that is online."
-        ) from e
+    """A local model directory for `path_or_id`, downloading a hub id when online."""
+    return hub.resolve(path_or_id, "causal LM", "config.json, weights, tokenizer files")
 
 
 def load_model(path_or_id: str | os.PathLike[str], device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
