@@ -35,22 +35,13 @@ is silent are listed in experiments/aape_retrieval.py.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
+from experiments import aape_retrieval as base
 
-def _base():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aape_retrieval.py")
-    spec = importlib.util.spec_from_file_location("_aape_retrieval_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    base = _base()
     args = base.parse_args(arg, {"flickr_root", "source", "score", "aggregator", "seed"})
     flickr_root = str(args.pop("flickr_root", ""))
     rest = ",".join(k if v is True else f"{k}={v}" for k, v in args.items())

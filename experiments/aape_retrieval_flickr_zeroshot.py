@@ -20,22 +20,13 @@ on Flickr30k 1k: R@1 88.0 (i2t) / 68.7 (t2i) (CLIP paper, Table 13).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
+from experiments import aape_retrieval as base
 
-def _base():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aape_retrieval.py")
-    spec = importlib.util.spec_from_file_location("_aape_retrieval_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    base = _base()
     args = base.parse_args(arg, {"score", "aggregator", "seed"})
     rest = ",".join(f"{k}={v}" for k, v in args.items())
     config = base.get_config(",".join(filter(None, ["dataset=coco", rest])))  # the COCO run's model and optimizer
