@@ -100,12 +100,7 @@ def _config(store, **overrides):
     config.dataset.synthetic_train = 128
     config.num_epochs = 8
     config.checkpoint_every_epochs = 4
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

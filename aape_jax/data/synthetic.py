@@ -151,6 +151,11 @@ def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     angle = math.radians(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
 
+    return draw_shape(shape, size, cx, cy, radius, rot)
+
+
+def draw_shape(shape: str, size: int, cx: float, cy: float, radius: float, rot: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage mask float32 [size, size] in [0, 1] of `shape` at (cx, cy), rotated by `rot`."""
     big = size * _SUPERSAMPLE
     canvas = PIL.Image.new("L", (big, big), 0)
     draw = PIL.ImageDraw.Draw(canvas)

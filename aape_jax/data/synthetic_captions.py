@@ -13,17 +13,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import PIL.Image
-import PIL.ImageDraw
 
 from aape_jax.data.captions import CaptionDataset, CaptionedImage
-from aape_jax.data.synthetic import COLORS, SHAPES, _background, _outline
+from aape_jax.data.synthetic import COLORS, SHAPES, _background, draw_shape
 
 __all__ = ["make_captioned_dataset", "CAPTIONS_PER_IMAGE"]
 
 CAPTIONS_PER_IMAGE = 5
 _SPLIT_IDS = {"train": 0, "test": 1}
-_SUPERSAMPLE = 4
 _NUMBERS = {1: "one", 2: "two", 3: "three"}
 
 
@@ -68,13 +65,7 @@ def _render_scene(objects: list[tuple[str, str]], size: int, rng: np.random.Gene
         centres.append((cx, cy))
         angle = math.radians(rng.uniform(-25.0, 25.0))
         rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        big = size * _SUPERSAMPLE
-        canvas = PIL.Image.new("L", (big, big), 0)
-        draw = PIL.ImageDraw.Draw(canvas)
-        for k, poly in enumerate(_outline(shape)):
-            pts = (poly @ rot.T * radius + np.array([cx, cy])) * _SUPERSAMPLE  # [k, 2]
-            draw.polygon([tuple(p) for p in pts.tolist()], fill=255 if k == 0 else 0)
-        mask = np.asarray(canvas.resize((size, size), resample=PIL.Image.Resampling.BOX), np.float32)[..., None] / 255
+        mask = draw_shape(shape, size, cx, cy, radius, rot)[..., None]
         tint = np.asarray(COLORS[color], np.float32) + rng.normal(0.0, 12.0, size=3).astype(np.float32)
         image = mask * tint + (1.0 - mask) * image
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
