@@ -30,6 +30,8 @@ def main(argv: list[str]) -> None:
     # Orbax logs every save phase at INFO; keep ours readable.
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if not distributed.is_main_process():
+        logging.set_verbosity(logging.WARNING)  # process 0 alone logs progress
 
     # Imported after jax.distributed is initialised: nothing may touch a backend before.
     config = _CONFIG.value

@@ -388,7 +388,7 @@ def extract_image_features(
     selected = range(len(examples))[rows or slice(None)]
     jobs = [(i, v) for i in selected for v in range(views)]  # example-major
     out: np.ndarray | None = None
-    with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+    with tqdm(total=len(jobs), desc=desc, unit="img", disable=not distributed.is_main_process()) as bar:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
             if augment:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from aape_jax import distributed
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data.feature_store import FeatureStore, file_digest
 
@@ -27,7 +28,7 @@ def clip_fingerprint(model: FrozenCLIP) -> dict[str, str]:
 def encode_texts(model: FrozenCLIP, texts: Sequence[str], desc: str = "text features") -> np.ndarray:
     """L2-normalised text embeddings np.float32 [N, D], batched through the jitted encoder."""
     chunks = []
-    for start in tqdm(range(0, len(texts), _CHUNK), desc=desc, unit="chunk", disable=len(texts) <= _CHUNK):
+    for start in tqdm(range(0, len(texts), _CHUNK), desc=desc, unit="chunk", disable=len(texts) <= _CHUNK or not distributed.is_main_process()):
         z = model.encode_text(model.tokenize(list(texts[start : start + _CHUNK])))
         chunks.append(z / np.linalg.norm(z, axis=-1, keepdims=True))
     out = np.concatenate(chunks).astype(np.float32)
