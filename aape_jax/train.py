@@ -1,9 +1,10 @@
-"""`train_and_evaluate(config, workdir)`: features -> sharded training -> checkpoints -> base/new/H.
+"""`train_and_evaluate(config, workdir)`: features -> sharded training -> checkpoints -> evaluation.
 
 Stages (DESIGN §3): (1) the frozen CLIP encodes prompts, templates and images
 once into the feature store (K augmented views per training image); (2) the
-trainable tree learns from those features with one jitted, data-parallel step
-(pmap as an alternative); (3) evaluation on base and new classes. Resume
+method's trainable tree (`methods.py`) learns from those features with one
+jitted, data-parallel step (pmap as an alternative); (3) evaluation on the
+protocol's test sets (base/new, all classes, or transfer targets). Resume
 order: this workdir's latest checkpoint > `config.init` > fresh.
 """
 
@@ -26,7 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from aape_jax import clip as clip_lib
-from aape_jax import atomic, distributed, sharding
+from aape_jax import atomic, distributed, evaluate, methods, sharding
 from aape_jax.checkpoint import Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
@@ -34,7 +35,6 @@ from aape_jax.data import protocol, synthetic
 from aape_jax.data.feature_store import FeatureStore, extract_image_features, fingerprint
 from aape_jax.data.text_features import clip_fingerprint
 from aape_jax.data.types import Example, ImageDataset
-from aape_jax import evaluate, methods
 from aape_jax.prompts import IMAGENET_TEMPLATES, match_classes, read_class_descriptions
 from aape_jax.prompts.aliases import aliases_for
 from aape_jax.train_step import TrainState, make_step
@@ -70,6 +70,15 @@ def load_dataset(config: ml_collections.ConfigDict, name: str | None = None) -> 
     from aape_jax.data.datasets import load_dataset as load_named
 
     return load_named(name, d.root, source=d.get("source", "coop"))
+
+
+def dataset_identity(config: ml_collections.ConfigDict, name: str) -> dict:
+    """What determines a dataset's images, for feature-store keys (not shots, views or seeds)."""
+    d = config.dataset
+    if name == "synthetic":
+        return {"name": name, "classes": d.synthetic_classes, "train": d.synthetic_train_per_class,
+                "test": d.synthetic_test_per_class}
+    return {"name": name, "root": os.path.abspath(d.root) if d.root else "", "source": d.get("source", "coop")}
 
 
 def class_prompts(config: ml_collections.ConfigDict, dataset: str, classnames: list[str], workdir: str,
@@ -339,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          config.seed, fewshot_file)
         if len(train) < config.batch_size:
             raise ValueError(f"{len(train)} training images are fewer than batch_size {config.batch_size}")
-        train_z = image_features(model_clip, store, train, {"dataset": config.dataset.to_dict()}, augment=True,
+        train_z = image_features(model_clip, store, train, dataset_identity(config, dataset.name), augment=True,
                                  views=config.dataset.num_views, seed=config.seed, desc="train image features")
         labels = np.array([e.label for e in train])
         steps_per_epoch = len(train) // config.batch_size
@@ -358,8 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for split, test_set, classes in evaluations:
         names = [test_set.classnames[i] for i in classes]
         test = protocol.subsample(test_set.test, classes)
-        z = image_features(model_clip, store, test, {"dataset": test_set.name, "root": config.dataset.root},
-                           augment=False, views=1, seed=0, desc=f"{split} test features")[:, 0]
+        z = image_features(model_clip, store, test, dataset_identity(config, test_set.name), augment=False, views=1,
+                           seed=0, desc=f"{split} test features")[:, 0]
         pred = evaluate.logits(learner.logits_fn, params, z, learner.class_text(names), clip_params,
                                model_clip.params["logit_scale"], mesh, config.eval_batch_size).argmax(-1)
         truth = [e.label for e in test]
