@@ -259,6 +259,13 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
     place, step_fn, fetch = make_step_runner(run, config, mesh)
     state = place(state)
     writer = _summary_writer(workdir)
+
+    def stop_preempted(step_no: int, meta: dict):
+        ckpt.save(step_no, fetch(state), meta)
+        ckpt.close()
+        logging.warning("preempted: saved step %d in %s; rerun the same command to resume", step_no, ckpt.directory)
+        raise distributed.Preempted(step_no)
+
     with distributed.PreemptionWatcher() as watcher:
         for epoch in tqdm(range(start_step // steps_per_epoch, config.num_epochs), desc="epochs",
                           initial=start_step // steps_per_epoch, total=config.num_epochs,
@@ -280,11 +287,7 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if b + 1 < steps_per_epoch and watcher.should_stop():
-                    ckpt.save(step_no, fetch(state), {"history": history, "epoch_sums": sums})
-                    ckpt.close()
-                    logging.warning("preempted: saved step %d in %s; rerun the same command to resume",
-                                    step_no, ckpt.directory)
-                    raise distributed.Preempted(step_no)
+                    stop_preempted(step_no, {"history": history, "epoch_sums": sums})
             record = {k: v / steps_per_epoch for k, v in sums.items()}
             record.update(epoch=epoch + 1, seconds=time.time() - t0)
             history.append(record)
@@ -292,12 +295,10 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
             if writer is not None:
                 for k, v in record.items():
                     writer.add_scalar(f"train/{k}", v, epoch + 1)
-            preempted = epoch + 1 < config.num_epochs and watcher.should_stop()
-            if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs or preempted:
+            if epoch + 1 < config.num_epochs and watcher.should_stop():
+                stop_preempted((epoch + 1) * steps_per_epoch, {"history": history})
+            if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
                 ckpt.save((epoch + 1) * steps_per_epoch, fetch(state), {"history": history})
-            if preempted:
-                ckpt.close()
-                raise distributed.Preempted((epoch + 1) * steps_per_epoch)
     ckpt.close()
     if writer is not None:
         writer.close()
