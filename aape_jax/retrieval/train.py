@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import distributed, sharding
+from aape_jax import atomic, distributed, sharding
 from aape_jax.checkpoint import Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data import captions as captions_lib
@@ -39,7 +39,7 @@ from aape_jax.models.aape import AAPEConfig
 from aape_jax.retrieval import metrics as metrics_lib
 from aape_jax.retrieval.train_step import SCORES, RetrievalAAPE, RetrievalData, make_embed_fn, make_train_step
 from aape_jax.train import (CONFIG_FILE, METRICS_FILE, Run, _summary_writer, fit, git_revision, image_features,
-                            load_clip, make_optimizer, write_json_atomic)
+                            load_clip, make_optimizer)
 from aape_jax.train_step import LossWeights, TrainState
 
 DATASETS = ("synthetic", "coco", "flickr30k")
@@ -172,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if distributed.is_main_process():
-        write_json_atomic(os.path.join(workdir, CONFIG_FILE), {"config": config.to_dict(), "git": git_revision()})
+        atomic.write_json(os.path.join(workdir, CONFIG_FILE), {"config": config.to_dict(), "git": git_revision()})
     if config.eval_primary not in config.eval:
         raise ValueError(f"config.eval_primary {config.eval_primary!r} is not in config.eval ({list(config.eval)})")
     if config.eval_ties not in metrics_lib.TIES:
@@ -234,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.add_scalar(f"eval/{k}", v, config.num_epochs)
         writer.close()
     if distributed.is_main_process():
-        write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
+        atomic.write_json(os.path.join(workdir, METRICS_FILE), metrics)
     logging.info("%s: AAPE i2t R@1 %.2f t2i R@1 %.2f | zero-shot CLIP i2t R@1 %.2f t2i R@1 %.2f", config.eval_primary,
                  metrics["i2t_r1"], metrics["t2i_r1"], metrics["zeroshot_i2t_r1"], metrics["zeroshot_t2i_r1"])
     return metrics
