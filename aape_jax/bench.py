@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -378,8 +377,9 @@ def bench_train_step(args: argparse.Namespace) -> None:
         "feature_vs_token": _round(ips["feature"] / ips["token_suffix"]),
         "token_prefix_vs_torch": _round(ips["token_prefix"] / ips["torch_prefix"]),
         "feature_vs_token_prefix": _round(ips["feature"] / ips["token_prefix"]),
-        "peak_memory_gb_token_suffix": memory.get("suffix", {}).get("peak_rss_increase_gb"),
-        "peak_memory_gb_token_prefix": memory.get("prefix", {}).get("peak_rss_increase_gb"),
+        # XLA's buffers of the compiled step (temporaries + arguments); RSS figures are printed above.
+        "peak_memory_gb_token_suffix": _step_gb(memory.get("suffix", {})),
+        "peak_memory_gb_token_prefix": _step_gb(memory.get("prefix", {})),
     }
     figures = {f"{k} training images/s": f"{v:.3f}" for k, v in ips.items()}
     for position, m in memory.items():
@@ -389,36 +389,49 @@ def bench_train_step(args: argparse.Namespace) -> None:
 
 
 def step_memory(args: argparse.Namespace) -> None:
-    """(subprocess) Peak memory of one token-mode step: RSS peak increase over the set-up, and XLA's buffers."""
+    """(subprocess) Peak memory of one token-mode step, two ways.
+
+    * XLA's own buffer assignment of the compiled step (`memory_analysis`):
+      temporaries (activations kept for the backward pass, workspaces) and arguments.
+    * The process's resident-set peak (VmHWM) while a warm step runs: the step
+      runs once (compilation), the kernel's peak counter is reset
+      (`/proc/self/clear_refs` <- 5), the step runs again, and the new peak minus
+      the resident set just before it is the step's own increase.
+    """
     with tempfile.TemporaryDirectory() as d:
         clip = clip_lib.load(make_checkpoint(d, args.smoke, args.tokenizer_dir))
     run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes)
-    compiled = jitted.lower(*step_args).compile()
-    mem = compiled.memory_analysis()
-    before = _rss_gb()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    run()  # compiles (again: the AOT compile above does not fill jit's cache) and runs one step
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    mem = jitted.lower(*step_args).compile().memory_analysis()
+    run()  # compiles and runs once
+    before = _status_gb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
+    run()
+    peak = _status_gb("VmHWM")
     print(json.dumps({
-        "rss_before_gb": round(before, 3), "peak_rss_gb": round(peak, 3),
-        "peak_rss_increase_gb": round(peak - max(before, 0.0), 3),
-        "peak_before_step_gb": round(peak_before, 3),
+        "rss_before_step_gb": round(before, 3), "peak_rss_gb": round(peak, 3),
+        "peak_rss_increase_gb": round(peak - before, 3),
         "xla_temp_gb": round(mem.temp_size_in_bytes / 2**30, 3) if mem is not None else None,
         "xla_args_gb": round(mem.argument_size_in_bytes / 2**30, 3) if mem is not None else None,
     }))
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+def _status_gb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return kb / 2**20
+
+
+def _step_gb(m: dict) -> float | None:
+    return round(m["xla_temp_gb"] + m["xla_args_gb"], 3) if m.get("xla_temp_gb") is not None else None
 
 
 def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int) -> dict:
     cmd = [sys.executable, "-m", "aape_jax.bench", "_step_memory", "--token_position", position, "--batch",
            str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if out.returncode != 0:
-        return {"error": out.stderr[-2000:]}
+    if out.returncode != 0:  # -9: killed, typically by the kernel's out-of-memory killer
+        return {"error": f"exit {out.returncode}", "stderr": out.stderr[-1000:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -490,42 +503,43 @@ def bench_inference(args: argparse.Namespace) -> None:
 
 def bench_features(args: argparse.Namespace) -> None:
     """The offline default scaled up, feature mode: a run with a cold feature store, then a rerun (new
-    workdir, same store). A first untimed run on a separate store compiles every program, so the two timed
-    runs differ by the feature store only."""
+    workdir, same store). Scaled up: the random CLIP has the real ViT-B/16 geometry (224-pixel images;
+    `tiny` with --smoke) and the synthetic set has all 16 classes. A first untimed run on a separate,
+    smaller store compiles the training and evaluation programs, so the timed runs differ by the store."""
     from experiments import aape_base2new
 
     from aape_jax.train import train_and_evaluate
 
-    def config(store: str, scale: bool):
+    def config(store: str, warmup: bool):
         c = aape_base2new.get_config("runlocal,combine=feature")
         c.feature_store = store
         c.num_epochs = 1 if args.smoke else 2
-        if scale:
+        if not args.smoke:
             c.dataset.synthetic_classes = args.synthetic_classes
             c.dataset.synthetic_train_per_class = 16
-            c.dataset.synthetic_test_per_class = args.synthetic_test
-            c.dataset.num_views = args.views
+            c.dataset.synthetic_test_per_class = 2 if warmup else args.synthetic_test
+            c.dataset.num_views = 1 if warmup else args.views
         return c
 
     with tempfile.TemporaryDirectory() as root:
-        clip_dir = os.path.join(root, "clip")
-        make_checkpoint(clip_dir, True, args.tokenizer_dir)  # the offline default's tiny geometry
+        clip_dir = make_checkpoint(os.path.join(root, "clip"), args.smoke, args.tokenizer_dir)
 
-        def run(tag: str, store: str, scale: bool) -> float:
-            c = config(os.path.join(root, store), scale and not args.smoke)
+        def run(tag: str, store: str, warmup: bool = False) -> float:
+            c = config(os.path.join(root, store), warmup)
             c.clip = clip_dir
             t0 = time.perf_counter()
             train_and_evaluate(c, os.path.join(root, tag))
             return time.perf_counter() - t0
 
-        warm = run("warmup", "store_warmup", scale=True)
-        first = run("first", "store", scale=True)
-        rerun = run("rerun", "store", scale=True)
+        warm = run("warmup", "store_warmup", warmup=True)
+        first = run("first", "store")
+        rerun = run("rerun", "store")
     result = {"rerun_speedup": _round(first / rerun)}
-    figures = {"warm-up run s (separate store, compiles)": f"{warm:.2f}", "first run s (cold store)": f"{first:.2f}",
-               "rerun s (same store)": f"{rerun:.2f}"}
-    report("features", {"classes": args.synthetic_classes, "views": args.views, "smoke": args.smoke,
-                        "combine": "feature", "shots": 16}, figures, result)
+    figures = {"warm-up run s (separate small store, compiles)": f"{warm:.2f}",
+               "first run s (cold store)": f"{first:.2f}", "rerun s (same store)": f"{rerun:.2f}"}
+    report("features", {"classes": args.synthetic_classes, "views": args.views, "test_per_class": args.synthetic_test,
+                        "smoke": args.smoke, "combine": "feature", "shots": 16, "epochs": 1 if args.smoke else 2,
+                        "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result)
 
 
 # ------------------------------------------------------------------ entry point
@@ -547,8 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory_classes", type=int, default=100, help="train_step: C of the memory measurement")
     parser.add_argument("--full", action="store_true", help="inference: also the plain prefix path at C=1000")
     parser.add_argument("--synthetic_classes", type=int, default=16, help="features: synthetic classes (at most 16)")
-    parser.add_argument("--synthetic_test", type=int, default=32, help="features: test images per class")
-    parser.add_argument("--views", type=int, default=16, help="features: augmented views per training image")
+    parser.add_argument("--synthetic_test", type=int, default=8, help="features: test images per class")
+    parser.add_argument("--views", type=int, default=4, help="features: augmented views per training image")
     parser.add_argument("--token_position", default="suffix", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -420,7 +420,7 @@ def test_suffix_seam_equals_plain_clip_text_path(tiny_clip):
         np.testing.assert_allclose(np.asarray(weights[0]), np.asarray(ref), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("num_tokens", [1, 3])
+@pytest.mark.parametrize("num_tokens", [2])
 def test_prefix_cache_equals_plain_suffix_path(tiny_clip, num_tokens):
     """The class-prefix KV cache (jitted, precomputed or not) equals the whole-sequence path within 1e-5,
     for the weights and for their gradient with respect to the inserted tokens."""
