@@ -100,7 +100,7 @@ class AAPEClassifier:
             embed_dim=frozen.config.projection_dim, token_width=frozen.config.text.hidden_size,
             combine=m["combine"], aggregator=m["aggregator"], num_heads=m["num_heads"],
             aggregator_hidden=m["aggregator_hidden"], generator_hidden=m["generator_hidden"],
-            num_tokens=m["num_tokens"],
+            num_tokens=m["num_tokens"], token_position=m.get("token_position", "prefix"),
         )
         return cls(frozen, AAPE(aape_cfg), _restore_params(workdir), m["template"])
 
@@ -115,7 +115,7 @@ class AAPEClassifier:
             ids, eot = template_ids(self.clip.tokenizer, texts, self.model.config.num_tokens)
             self._class_text[names] = ClassText(
                 features=jnp.asarray(z / np.linalg.norm(z, axis=-1, keepdims=True)),
-                ids=jnp.asarray(ids), eot=jnp.asarray(eot),
+                ids=jnp.asarray(ids), eot=jnp.asarray(eot), token_position=self.model.config.token_position,
             )
         return self._class_text[names]
 

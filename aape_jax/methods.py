@@ -80,17 +80,19 @@ class BaselineData:
 
 
 def make_class_text(model: FrozenCLIP, store: FeatureStore | None, template: str, classnames: Sequence[str],
-                    num_tokens: int, token_prompt: str | None = None) -> ClassText:
+                    num_tokens: int, token_prompt: str | None = None, token_position: str = "prefix") -> ClassText:
     """Template features and the token ids that learned tokens are inserted into.
 
     `token_prompt` (default: `template`) is the text the learned tokens go
     into: AAPE inserts into the template itself, CoOp's family into "{}.".
+    `token_position`: after [SOS] ("prefix") or before [EOT] ("suffix").
     """
     texts = [template.format(c) for c in classnames]
     features = template_features(model, store, template, classnames) if store else encode_texts(model, texts)
     token_texts = [(token_prompt or template).format(c) for c in classnames]
     ids, eot = template_ids(model.tokenizer, token_texts, num_tokens)
-    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot))
+    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot),
+                     token_position=token_position)
 
 
 def aape_config(config: ml_collections.ConfigDict, model: FrozenCLIP) -> AAPEConfig:
@@ -98,7 +100,7 @@ def aape_config(config: ml_collections.ConfigDict, model: FrozenCLIP) -> AAPECon
     return AAPEConfig(
         embed_dim=model.config.projection_dim, token_width=model.config.text.hidden_size, combine=m.combine,
         aggregator=m.aggregator, num_heads=m.num_heads, aggregator_hidden=m.aggregator_hidden,
-        generator_hidden=m.generator_hidden, num_tokens=m.num_tokens,
+        generator_hidden=m.generator_hidden, num_tokens=m.num_tokens, token_position=m.token_position,
     )
 
 
@@ -125,7 +127,8 @@ def build(config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureSto
         cfg = aape_config(config, clip)
         model = AAPE(cfg)
         table, mask = prompt_table(clip, store, prompts_of(base_names), list(base_names))
-        class_text = lambda names: make_class_text(clip, store, config.model.template, names, cfg.num_tokens)
+        class_text = lambda names: make_class_text(clip, store, config.model.template, names, cfg.num_tokens,
+                                                   token_position=cfg.token_position)
         weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
         token = cfg.combine == "token"
         q0 = jnp.zeros((1, cfg.embed_dim))

@@ -67,7 +67,10 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     config.model.num_heads = 8 if not runlocal else 4  # attention aggregator heads
     config.model.aggregator_hidden = 512  # MLP aggregator width
     config.model.generator_hidden = 32 if not runlocal else 16  # generator bottleneck (D/16 for ViT-B/16)
-    config.model.num_tokens = 1  # AAPE tokens inserted after [SOS] (token mode)
+    config.model.num_tokens = 1  # AAPE tokens inserted per image (token mode)
+    # Where (token mode): "prefix" = `[SOS] [AAPE] template [EOT]` (our reading of the paper);
+    # "suffix" = `[SOS] template [AAPE] [EOT]`: each class's prefix runs once (K/V cached), much faster.
+    config.model.token_position = "prefix"
     # Class template of both heads and of the baselines' hand-crafted prompt: CoOp's per-dataset one.
     config.model.template = DATASET_TEMPLATES.get(config.dataset.name, "a photo of a {}.")
 

@@ -211,3 +211,16 @@ def test_feature_cache_of_another_checkpoint_is_not_used(store, tmp_path):
     np.testing.assert_allclose(zb, b.encode_text(b.tokenize(["a photo of a cat.", "a photo of a dog."]))
                                / np.linalg.norm(b.encode_text(b.tokenize(["a photo of a cat.", "a photo of a dog."])),
                                                 axis=-1, keepdims=True), atol=1e-6)
+
+
+def test_suffix_token_position_end_to_end(store, tmp_path):
+    metrics = train.train_and_evaluate(_config(store, **{"model.token_position": "suffix", "num_epochs": 3}),
+                                       str(tmp_path))
+    assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
+    clf = AAPEClassifier.load(tmp_path)
+    assert clf.class_text(["red circle"]).token_position == "suffix"
+    dataset = train.load_dataset(_config("unused"))
+    _, new = protocol.base_new_split(len(dataset.classnames))
+    test = protocol.subsample(dataset.test, new)
+    probs = clf.predict_proba([e.image for e in test], [dataset.classnames[i] for i in new])
+    assert protocol.accuracy(probs.argmax(-1), [e.label for e in test]) == pytest.approx(metrics["new_acc"])
