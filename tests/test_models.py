@@ -524,3 +524,21 @@ def test_aape_summarize_is_unit_norm(name):
         np.testing.assert_allclose(
             np.asarray(summary), np.asarray(l2_normalize(agg.masked_mean(prompts, mask))), rtol=1e-6, atol=1e-7
         )
+
+
+def test_token_path_in_class_chunks_equals_all_at_once(tiny_clip):
+    """Chunked (rematerialised) class encoding == all classes in one call, values and gradients."""
+    m = tiny_clip
+    names = [f"class number {i}" for i in range(37)]
+    ids, eot = template_ids(m.tokenizer, [f"a photo of a {n}." for n in names], 1)
+    ct = ClassText(features=jnp.zeros((37, m.config.projection_dim)), ids=jnp.asarray(ids), eot=jnp.asarray(eot))
+    tokens = 0.02 * jax.random.normal(jax.random.key(0), (3, 1, m.config.text.hidden_size))
+
+    def loss(t, chunk):
+        return jnp.sum(class_weights("token", t, ct, m.module, m.params, class_chunk=chunk) ** 3)
+
+    whole = class_weights("token", tokens, ct, m.module, m.params, class_chunk=None)
+    chunked = class_weights("token", tokens, ct, m.module, m.params, class_chunk=8)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(tokens, 8)), np.asarray(jax.grad(loss)(tokens, None)),
+                               atol=1e-5)

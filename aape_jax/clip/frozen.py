@@ -90,7 +90,9 @@ class FrozenCLIP:
 
     @property
     def module(self) -> CLIP:
-        return CLIP(self.config, dtype=self.dtype)
+        # remat only changes what a backward pass keeps: inference is unaffected, and
+        # training through the text tower (token mode) stays within memory.
+        return CLIP(self.config, dtype=self.dtype, remat_text=True)
 
     @property
     def logit_scale(self) -> float:

@@ -175,6 +175,8 @@ class Encoder(nn.Module):
       layer_norm_eps: LayerNorm epsilon.
       causal: causal self-attention.
       dtype: compute dtype.
+      remat: recompute each block's activations in the backward pass instead of
+        keeping them (forward results are unchanged).
     """
 
     num_layers: int
@@ -184,13 +186,16 @@ class Encoder(nn.Module):
     layer_norm_eps: float
     causal: bool = False
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, caches: list[PrefixKV] | None = None, return_kv: bool = False):
         """`x` [..., L, W] -> [..., L, W]; with `return_kv`, also every layer's (keys, values)."""
+        # static_argnums counts `self` as 0: `return_kv` is a Python bool.
+        block = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
         kvs = []
         for i in range(self.num_layers):
-            layer = EncoderLayer(
+            layer = block(
                 self.num_heads,
                 self.intermediate_size,
                 self.hidden_act,
@@ -235,17 +240,19 @@ class TextTransformer(nn.Module):
     Attributes:
       config: text tower geometry.
       dtype: compute dtype.
+      remat: rematerialise each block in the backward pass (see `Encoder`).
     """
 
     config: TextConfig
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def setup(self) -> None:
         c = self.config
         self.embeddings = TextEmbeddings(c)
         self.encoder = Encoder(
             c.num_layers, c.num_heads, c.intermediate_size, c.hidden_act, c.layer_norm_eps,
-            causal=True, dtype=self.dtype,
+            causal=True, dtype=self.dtype, remat=self.remat,
         )
         self.final_layer_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype)
 
@@ -354,14 +361,18 @@ class CLIP(nn.Module):
       config: the checkpoint's geometry.
       dtype: compute dtype (float32 default; bfloat16 on TPU/GPU). Parameters
         stay in their stored dtype.
+      remat_text: rematerialise the text blocks when differentiating through
+        the text tower (token-mode prompt learning): every (image, class) pair's
+        activations would otherwise be kept for the backward pass.
     """
 
     config: CLIPConfig
     dtype: Dtype = jnp.float32
+    remat_text: bool = False
 
     def setup(self) -> None:
         c = self.config
-        self.text_model = TextTransformer(c.text, self.dtype)
+        self.text_model = TextTransformer(c.text, self.dtype, self.remat_text)
         self.vision_model = VisionTransformer(c.vision, self.dtype)
         self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
         self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)

@@ -33,6 +33,10 @@ from aape_jax.clip.model import CLIP, PrefixKV
 from aape_jax.clip.tokenizer import Tokenizer
 
 
+# Classes per chunk of the whole-sequence token path (memory vs. per-chunk overhead).
+CLASS_CHUNK = 16
+
+
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-12))
 
@@ -183,6 +187,7 @@ def class_weights(
     *,
     use_prefix_cache: bool = True,
     prefix_cache: ClassPrefixCache | None = None,
+    class_chunk: int | None = CLASS_CHUNK,
 ) -> jax.Array:
     """Per-image normalised class weights [B, C, D] from the head's output.
 
@@ -195,6 +200,9 @@ def class_weights(
         and only [AAPE..., EOT] per (image, class). False: the plain path, the
         whole sequence per pair (the reference the cached path is tested against).
       prefix_cache: a precomputed `class_prefix_cache` for these classes (else computed here).
+      class_chunk: the whole-sequence path runs the classes in chunks of this
+        size, each rematerialised in the backward pass, so training memory grows
+        with the chunk, not with B x C (None: all classes at once).
     """
     if combine == "feature":
         return l2_normalize(class_text.features[None] + head_out[:, None])  # [B, C, D]
@@ -208,9 +216,21 @@ def class_weights(
                               method=CLIP.encode_text_after_prefix)  # [B, C, D]
         return l2_normalize(z)
     embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
-    x, eot = insert_tokens(embeds, class_text.eot, head_out, class_text.token_position)
-    z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*C, D]
-    return l2_normalize(z.reshape(b, c, -1))  # [B, C, D]
+
+    def encode_pairs(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
+        chunk_embeds, chunk_eot = chunk  # [K, L, W], [K]
+        x, eot = insert_tokens(chunk_embeds, chunk_eot, head_out, class_text.token_position)
+        z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*K, D]
+        return z.reshape(b, chunk_eot.shape[0], -1)  # [B, K, D]
+
+    if class_chunk is None or c <= class_chunk:
+        return l2_normalize(encode_pairs((embeds, class_text.eot)))  # [B, C, D]
+    n = -(-c // class_chunk)
+    pad = n * class_chunk - c  # repeat the last class; its scores are dropped below
+    chunks = (jnp.concatenate([embeds, jnp.repeat(embeds[-1:], pad, 0)]).reshape(n, class_chunk, *embeds.shape[1:]),
+              jnp.concatenate([class_text.eot, jnp.repeat(class_text.eot[-1:], pad)]).reshape(n, class_chunk))
+    z = jax.lax.map(jax.checkpoint(encode_pairs), chunks)  # [n, B, K, D]
+    return l2_normalize(z.transpose(1, 0, 2, 3).reshape(b, n * class_chunk, -1)[:, :c])  # [B, C, D]
 
 
 def class_logits(image_features: jax.Array, weights: jax.Array, logit_scale: jax.Array) -> jax.Array:
