@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from aape_jax.clip.tokenizer import bytes_to_unicode
 from aape_jax.prompts import cli
 from aape_jax.prompts import generate as gen
 
@@ -133,26 +134,13 @@ def test_read_questions(tmp_path):
 
 # --- generation with a tiny random LM ------------------------------------------------
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (byte-level BPE vocabularies use it)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> pathlib.Path:
     """A 1-layer random GPT-2 with a byte-level tokenizer (256 bytes + <|endoftext|>, no merges)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     directory = tmp_path_factory.mktemp("tiny_lm")
-    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     vocab["<|endoftext|>"] = len(vocab)
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=256, vocab_size=len(vocab),
