@@ -262,46 +262,49 @@ def fit(run: Run, config: ml_collections.ConfigDict, workdir: str, mesh) -> tupl
 
     def stop_preempted(step_no: int, meta: dict):
         ckpt.save(step_no, fetch(state), meta)
-        ckpt.close()
+        ckpt.wait()
         logging.warning("preempted: saved step %d in %s; rerun the same command to resume", step_no, ckpt.directory)
         raise distributed.Preempted(step_no)
 
-    with distributed.PreemptionWatcher() as watcher:
-        for epoch in tqdm(range(start_step // steps_per_epoch, config.num_epochs), desc="epochs",
-                          initial=start_step // steps_per_epoch, total=config.num_epochs,
-                          disable=not distributed.is_main_process()):
-            skip = start_step - epoch * steps_per_epoch if epoch * steps_per_epoch < start_step else 0
-            sums: dict[str, float] = dict(meta.get("epoch_sums", {})) if skip else {}
-            t0 = time.time()
-            for b, batch in enumerate(epoch_batches(run, config, epoch)):
-                if b < skip:
-                    continue
-                state, metrics = step_fn(state, batch)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                step_no = epoch * steps_per_epoch + b + 1
-                if not math.isfinite(metrics["loss"]):
-                    raise FloatingPointError(
-                        f"training loss is {metrics['loss']} at step {step_no} (epoch {epoch + 1}); "
-                        f"metrics: {metrics}"
-                    )
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                if b + 1 < steps_per_epoch and watcher.should_stop():
-                    stop_preempted(step_no, {"history": history, "epoch_sums": sums})
-            record = {k: v / steps_per_epoch for k, v in sums.items()}
-            record.update(epoch=epoch + 1, seconds=time.time() - t0)
-            history.append(record)
-            logging.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
-            if writer is not None:
-                for k, v in record.items():
-                    writer.add_scalar(f"train/{k}", v, epoch + 1)
-            if epoch + 1 < config.num_epochs and watcher.should_stop():
-                stop_preempted((epoch + 1) * steps_per_epoch, {"history": history})
-            if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-                ckpt.save((epoch + 1) * steps_per_epoch, fetch(state), {"history": history})
-    ckpt.close()
-    if writer is not None:
-        writer.close()
+    try:
+        with distributed.PreemptionWatcher() as watcher:
+            for epoch in tqdm(range(start_step // steps_per_epoch, config.num_epochs), desc="epochs",
+                              initial=start_step // steps_per_epoch, total=config.num_epochs,
+                              disable=not distributed.is_main_process()):
+                skip = start_step - epoch * steps_per_epoch if epoch * steps_per_epoch < start_step else 0
+                sums: dict[str, float] = dict(meta.get("epoch_sums", {})) if skip else {}
+                t0 = time.time()
+                for b, batch in enumerate(epoch_batches(run, config, epoch)):
+                    if b < skip:
+                        continue
+                    state, metrics = step_fn(state, batch)
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    step_no = epoch * steps_per_epoch + b + 1
+                    if not math.isfinite(metrics["loss"]):
+                        raise FloatingPointError(
+                            f"training loss is {metrics['loss']} at step {step_no} (epoch {epoch + 1}); "
+                            f"metrics: {metrics}"
+                        )
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if b + 1 < steps_per_epoch and watcher.should_stop():
+                        stop_preempted(step_no, {"history": history, "epoch_sums": sums})
+                record = {k: v / steps_per_epoch for k, v in sums.items()}
+                record.update(epoch=epoch + 1, seconds=time.time() - t0)
+                history.append(record)
+                logging.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+                if writer is not None:
+                    for k, v in record.items():
+                        writer.add_scalar(f"train/{k}", v, epoch + 1)
+                if epoch + 1 < config.num_epochs and watcher.should_stop():
+                    stop_preempted((epoch + 1) * steps_per_epoch, {"history": history})
+                if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
+                    ckpt.save((epoch + 1) * steps_per_epoch, fetch(state), {"history": history})
+    finally:
+        # Also on a NaN stop or preemption: pending checkpoint writes finish, summaries are flushed.
+        ckpt.close()
+        if writer is not None:
+            writer.close()
     return fetch(state).params, history
 
 
