@@ -73,6 +73,16 @@ class LossWeights:
     aggregator: float = 1.0
 
 
+def batch_prompts(batch: Batch, data: Any, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The batch's normalised image features [B, D], its prompt sets [B, M, D] with masks [B, M],
+    and one key per example [B] from its global index (so draws do not depend on sharding)."""
+    q = l2_normalize(batch["features"])
+    prompts = data.prompts[batch["prompt_rows"]]
+    mask = data.prompt_mask[batch["prompt_rows"]]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
+    return q, prompts, mask, keys
+
+
 def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name: str | None = None) -> Callable:
     """Returns `loss_fn(params, batch, data, key) -> (loss, parts)`.
 
@@ -84,10 +94,7 @@ def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name
 
     def loss_fn(params: Any, batch: Batch, data: StepData, key: jax.Array) -> tuple[jax.Array, dict]:
         variables = {"params": params}
-        q = l2_normalize(batch["features"])  # [B, D]
-        prompts = data.prompts[batch["prompt_rows"]]  # [B, M, D]
-        mask = data.prompt_mask[batch["prompt_rows"]]  # [B, M]
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])  # [B]
+        q, prompts, mask, keys = batch_prompts(batch, data, key)
         summary = model.apply(variables, q, prompts, mask, keys, method=AAPE.summarize)  # [B, D]
         aape = model.apply(variables, q, method=AAPE.generate)  # [B, D]
         head_out = model.apply(variables, aape, method=AAPE.project)

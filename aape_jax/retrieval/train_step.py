@@ -35,7 +35,7 @@ import optax
 from aape_jax import losses
 from aape_jax.models.aape import AAPE, AAPEConfig
 from aape_jax.models.heads import l2_normalize
-from aape_jax.train_step import LossWeights, make_step
+from aape_jax.train_step import LossWeights, batch_prompts, make_step
 
 SCORES = ("sum", "gate")
 
@@ -114,10 +114,7 @@ def make_loss_fn(model: RetrievalAAPE, weights: LossWeights, axis_name: str | No
 
     def loss_fn(params: Any, batch: Batch, data: RetrievalData, key: jax.Array) -> tuple[jax.Array, dict]:
         variables = {"params": params}
-        q = l2_normalize(batch["features"])  # [B, D]
-        prompts = data.prompts[batch["prompt_rows"]]  # [B, M, D]
-        mask = data.prompt_mask[batch["prompt_rows"]]  # [B, M]
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])  # [B]
+        q, prompts, mask, keys = batch_prompts(batch, data, key)
         summary = model.apply(variables, q, prompts, mask, keys, method=RetrievalAAPE.summarize)  # [B, D]
         aape = model.apply(variables, q, method=RetrievalAAPE.generate)  # [B, D]
         e = model.apply(variables, q, aape, method=RetrievalAAPE.embed)  # [B, D]
