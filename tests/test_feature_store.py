@@ -292,10 +292,18 @@ _W = np.random.default_rng(0).normal(size=(48, 16)).astype(np.float32)
 
 
 def fake_encode(pixels: np.ndarray) -> np.ndarray:
-    """[n, H, W, 3] -> [n, 16]: 4x4 mean-pool then a fixed random projection."""
-    n, h, w, _ = pixels.shape
-    pooled = pixels.reshape(n, 4, h // 4, 4, w // 4, 3).mean(axis=(2, 4))  # [n, 4, 4, 3]
-    return pooled.reshape(n, 48) @ _W
+    """[n, H, W, 3] -> [n, 16]: 4x4 mean-pool then a fixed random projection.
+
+    One image at a time: a BLAS matmul over n rows need not round each row as
+    it does for one row (it did not with the numpy that installs today), and
+    the tests below compare extractions bit for bit across batch sizes.
+    """
+    def one(image: np.ndarray) -> np.ndarray:
+        h, w, _ = image.shape
+        pooled = image.reshape(4, h // 4, 4, w // 4, 3).mean(axis=(1, 3))  # [4, 4, 3]
+        return pooled.reshape(48) @ _W  # [16]
+
+    return np.stack([one(image) for image in pixels])
 
 
 @pytest.fixture(scope="module")
