@@ -4,20 +4,126 @@ Layout: `WORKDIR/checkpoints/<step>/{state,meta}`. Saves are asynchronous and
 atomic (Orbax writes to a temporary directory and renames it when complete),
 so a run killed at any moment leaves only complete checkpoints behind; the
 latest `keep` are preserved.
+
+A step whose files were damaged afterwards (a truncated or garbled file) is
+skipped on restore with a warning naming the step and the file; the newest
+step that restores is used. The damaged step stays where it is, for
+inspection, until this run saves its next checkpoint: then it is renamed to
+`<step>.damaged` (Orbax would otherwise skip every save at or below its step).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
+import logging as std_logging
 import os
+import re
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from aape_jax import distributed
+from aape_jax.errors import UserError, one_line
 
-class CheckpointError(RuntimeError):
+DAMAGED_SUFFIX = ".damaged"
+
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint exists but cannot be restored."""
+
+    hint = ("move the damaged step folder(s) away to start from an earlier checkpoint, "
+            "or use a new --workdir to start from scratch")
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+_LOCAL_FILE = re.compile(r'local file "([^"]+)"')
+_VALUE_SIZE = re.compile(r"not valid for value of size (\d+)")
+_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata", "process_0")
+
+
+def _messages(e: BaseException) -> list[str]:
+    out, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        out.append(str(e))
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def reason(e: BaseException) -> str:
+    """A one-line cause of a failed restore: the innermost error, without TensorStore's spec dump."""
+    chain = [m for m in _messages(e) if re.search(r"[A-Za-z]{3}", m)]  # not bare numbers or keys
+    if not chain:
+        return type(e).__name__
+    # The innermost message is the most specific; TensorStore appends its whole spec to it.
+    message = chain[-1]
+    message = re.split(r"\s*\[tensorstore_spec|\s*See full TensorStore details", message)[0]
+    return one_line(message, 300)
+
+
+def damaged_file(step_dir: str, e: BaseException) -> str | None:
+    """The file of `step_dir` that most likely broke the restore, or None when it cannot tell."""
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+    text = "\n".join(_messages(e))
+    for path in _LOCAL_FILE.findall(text):
+        if os.path.isfile(path) and os.path.abspath(path).startswith(os.path.abspath(step_dir)):
+            return path
+    sizes = {int(s) for s in _VALUE_SIZE.findall(text)}
+    by_size = [f for f in files if os.path.getsize(f) in sizes]
+    if len(by_size) == 1:
+        return by_size[0]
+    for f in files:  # the JSON metadata files Orbax writes
+        if os.path.basename(f) in _JSON_FILES:
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    json.load(fh)
+            except (OSError, ValueError):
+                return f
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    return empty[0] if len(empty) == 1 else None
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Silences what a failed Orbax restore prints besides its exception.
+
+    Its asyncio readers die after the event loop closes, and Python prints each
+    one's traceback with TensorStore's full spec (dozens of lines) through
+    `sys.unraisablehook`; and a read-only manager warns on every load.
+    """
+    previous = sys.unraisablehook
+
+    def hook(info):
+        text = repr(getattr(info, "object", "")) + str(getattr(info, "exc_value", ""))
+        if "TensorStore" in text or "_read_array_index" in text or "orbax" in text:
+            return
+        previous(info)
+
+    class DropReadOnly(std_logging.Filter):
+        def filter(self, record: std_logging.LogRecord) -> bool:
+            return not str(record.msg).startswith(("Given directory is read only",
+                                                   "CheckpointManagerOptions.read_only=True"))
+
+    absl_logger = std_logging.getLogger("absl")
+    drop = DropReadOnly()
+    absl_logger.addFilter(drop)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # the dead readers are reported here, still under the hook
+        sys.unraisablehook = previous
+        absl_logger.removeFilter(drop)
+
+
+# --------------------------------------------------------------------------- checkpointer
 
 
 class Checkpointer:
@@ -25,50 +131,113 @@ class Checkpointer:
 
     Attributes:
       directory: where step directories live.
+      damaged: {step: why} of the steps a restore skipped.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.abspath(os.fspath(directory))
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-                enable_async_checkpointing=async_save,
-                create=True,
-            ),
-        )
+        self.damaged: dict[int, str] = {}
+        with _quiet_orbax():
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+                    enable_async_checkpointing=async_save and not read_only,
+                    create=not read_only,
+                    read_only=read_only,
+                ),
+            )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts saving `state` (a pytree of arrays) and `meta` (JSON) as `step`."""
-        self._manager.save(
+        self._set_damaged_aside()
+        saved = self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         )
+        if not saved:
+            logging.warning("checkpoint step %d was not saved: %s already holds step %s", step, self.directory,
+                            self._manager.latest_step())
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores `(state, meta)` of `step` (default: the latest) into the structure of `abstract_state`.
+    def _set_damaged_aside(self) -> None:
+        """Renames the damaged steps newer than what was restored, so Orbax saves again."""
+        if not self.damaged:
+            return
+        self._manager.wait_until_finished()
+        if distributed.is_main_process():
+            for step in sorted(self.damaged):
+                src = os.path.join(self.directory, str(step))
+                if not os.path.isdir(src):
+                    continue
+                dst, n = src + DAMAGED_SUFFIX, 1
+                while os.path.exists(dst):
+                    dst, n = f"{src}{DAMAGED_SUFFIX}.{n}", n + 1
+                os.rename(src, dst)
+                logging.warning("checkpoint step %d (damaged: %s) kept for inspection as %s", step,
+                                self.damaged[step], dst)
+        distributed.barrier("damaged checkpoints set aside")
+        self.damaged = {}
+        self._manager.reload()
+
+    def _restore_step(self, step: int, args: Callable[[], Any]) -> Any:
+        try:
+            with _quiet_orbax():
+                return self._manager.restore(step, args=args())
+        except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+            step_dir = os.path.join(self.directory, str(step))
+            bad = damaged_file(step_dir, e)
+            where = f"file {bad}" if bad else f"a file under {step_dir}"
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be restored: "
+                                  f"{where} is damaged or does not fit ({reason(e)})") from e
+
+    def restore_latest_complete(self, args: Callable[[], Any], step: int | None = None) -> tuple[int, Any]:
+        """(step, restored items) of `step`, or of the newest step that restores.
+
+        Damaged newer steps are skipped with a warning naming the step and the
+        file, recorded in `damaged`, and left in place.
 
         Raises:
-          CheckpointError: naming the checkpoint directory, when files are
-            missing, truncated or do not match the expected structure.
+          CheckpointError: no checkpoint, `step` does not restore, or none does.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+        if step is not None:
+            return step, self._restore_step(step, args)
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}", hint="train first, or check --workdir")
+        errors = []
+        for candidate in reversed(steps):
+            try:
+                restored = self._restore_step(candidate, args)
+            except CheckpointError as e:
+                logging.warning("%s; falling back to the previous checkpoint (the damaged one is left in place)", e)
+                errors.append(str(e))
+                self.damaged[candidate] = str(e)
+                continue
+            if errors:
+                logging.warning("restored checkpoint step %d from %s after skipping damaged step(s) %s",
+                                candidate, self.directory, sorted(self.damaged))
+            return candidate, restored
+        raise CheckpointError(
+            f"none of the {len(steps)} checkpoint(s) in {self.directory} can be restored; newest: {errors[0]}")
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores `(state, meta)` of `step` (default: the newest that restores) into `abstract_state`'s structure.
+
+        Raises:
+          CheckpointError: naming the checkpoint directory and the damaged
+            file, when files are missing, truncated or do not match the
+            expected structure (with `step` None: when no step restores).
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
-            )
-        except Exception as e:  # Orbax/TensorStore raise many types for damaged files
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} cannot be restored ({type(e).__name__}: {e}). "
-                "It was left untouched; move it away to start from the previous one or from scratch."
-            ) from e
+        args = lambda: ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        step, restored = self.restore_latest_complete(args, step)
         logging.info("restored checkpoint step %d from %s", step, self.directory)
         return restored["state"], restored["meta"]
 

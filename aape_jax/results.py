@@ -347,7 +347,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", default="harmonic_mean",
                         help="metric plotted per dataset per method (harmonic_mean, base_acc, new_acc or any "
                              "numeric key of metrics.json; default harmonic_mean)")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except Exception as e:  # a user error or a full disk: one line, exit 2 (parser.exit's SystemExit passes)
+        from aape_jax import errors
+
+        code = errors.report(e, verbose=args.verbose, prog="error")
+        if code is None:
+            raise
+        return code
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         runs = collect(args.runs_dir)
     except FileNotFoundError as e:
@@ -360,13 +373,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.metric in c.extra for c in table.cells.values()):
         parser.exit(2, f"error: metric {args.metric!r} is not a numeric field of the metrics files\n")
     out = args.out or args.runs_dir
-    os.makedirs(out, exist_ok=True)
     markdown = to_markdown(table)
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown)
-    write_csv(table, os.path.join(out, "results.csv"))
-    png = os.path.join(out, "h_per_dataset.png")
-    plotted = plot(table, png, args.metric)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+            f.write(markdown)
+        write_csv(table, os.path.join(out, "results.csv"))
+        png = os.path.join(out, "h_per_dataset.png")
+        plotted = plot(table, png, args.metric)
+    except OSError as e:
+        from aape_jax import errors
+
+        if errors.no_space(e) is not None:
+            raise errors.NoSpaceError(e.filename or out) from e
+        raise errors.UserError(f"cannot write the results into {out}: {e.strerror or e}",
+                               hint="pick a writable --out") from e
     print(markdown, end="")
     print(f"\n{len(runs)} runs; wrote {os.path.join(out, 'results.md')}, {os.path.join(out, 'results.csv')}"
           + (f", {png}" if plotted else ""), file=sys.stderr)

@@ -2,13 +2,19 @@
 """Sweep runner: methods × datasets × seeds of the base-to-new protocol, skipping finished runs.
 
     python launch/sweep.py --methods aape,coop --datasets caltech101,dtd --seeds 1,2,3 --runs RUNS \
-        [--shots 16] [--extra "--config.dataset.root=... --config.clip=..."] [--dry-run] [--jobs 1] \
-        [--feature-store DIR]
+        [--shots 16] [--config-args runlocal,combine=feature] \
+        [--extra "--config.dataset.root=... --config.clip=..."] [--dry-run] [--jobs 1] \
+        [--feature-store DIR] [--verbose]
 
 Each run is
 
-    python -m aape_jax.main --config experiments/<method>_base2new.py:dataset=D,seed=S[,shots=N] \
+    python -m aape_jax.main --config experiments/<method>_base2new.py:dataset=D,seed=S[,shots=N][,CONFIG_ARGS] \
         --workdir RUNS/<method>/<dataset>/seed<S> [EXTRA...] --config.feature_store=RUNS/feature_store
+
+`--config-args` passes more config arguments (`runlocal`, `combine=feature`, ...; not dataset, seed or
+shots, which the sweep sets) into every run's config string. `--extra` takes any string, including one
+that starts with "--" (`--extra "--config.clip=/x"` and `--extra=...` alike); it is split like a shell
+command line, and may be given more than once.
 
 run from the repository root. A run whose `metrics.json` exists and holds base_acc, new_acc and
 harmonic_mean is skipped ("skip"); one with a checkpoint but no usable metrics is launched again
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import errno
 import json
 import os
 import shlex
@@ -83,7 +90,7 @@ def has_checkpoint(workdir: str) -> bool:
 
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     runs = os.path.abspath(args.runs)
-    extra = shlex.split(args.extra or "")
+    extra = list(args.extra_args)
     store: list[str] = []
     if args.feature_store is None:
         args.feature_store = os.path.join(runs, "feature_store")
@@ -93,7 +100,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     for method in args.methods:
         for dataset in args.datasets:
             for seed in args.seeds:
-                config_args = f"dataset={dataset},seed={seed}" + (f",shots={args.shots}" if args.shots else "")
+                config_args = (f"dataset={dataset},seed={seed}" + (f",shots={args.shots}" if args.shots else "")
+                               + "".join(f",{a}" for a in args.config_args))
                 workdir = os.path.join(runs, method, dataset, f"seed{seed}")
                 command = (args.python, "-m", args.entry,
                            "--config", f"experiments/{method}_base2new.py:{config_args}",
@@ -214,6 +222,33 @@ def _seeds(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"seeds must be integers: {value!r}") from e
 
 
+SWEEP_CONFIG_ARGS = ("dataset", "seed", "shots")
+
+
+def _config_args(value: str) -> list[str]:
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    clash = [i for i in items if i.partition("=")[0] in SWEEP_CONFIG_ARGS]
+    if clash:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(clash)}: the sweep sets dataset, seed and shots (use --datasets, --seeds, --shots)")
+    if any(not i.partition("=")[0] or any(c in i for c in " :") for i in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated key=value or flag names, got {value!r}")
+    return items
+
+
+def _join_option_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """`--extra VALUE` -> `--extra=VALUE`, so argparse takes a VALUE that starts with "-" as the value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -223,7 +258,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="comma-separated (default 1,2,3)")
     parser.add_argument("--runs", required=True, help="runs directory: RUNS/<method>/<dataset>/seed<S>")
     parser.add_argument("--shots", type=int, default=None, help="shots per base class (default: the config's)")
-    parser.add_argument("--extra", default="", help="more arguments for every run, e.g. \"--config.clip=...\"")
+    parser.add_argument("--config-args", "--config_args", dest="config_args", type=_config_args, default=[],
+                        help="more config arguments for every run's config string, e.g. runlocal,combine=feature")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="more arguments for every run, e.g. \"--config.clip=...\" (any string; repeatable)")
     parser.add_argument("--feature-store", default=None,
                         help="shared feature store (default RUNS/feature_store; \"\" for one per run)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (and skips), run nothing")
@@ -231,9 +269,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter (default: this one)")
     parser.add_argument("--entry", default="aape_jax.main", help="module run with -m (default aape_jax.main)")
     parser.add_argument("--root", default=ROOT, help="repository root: configs are looked up and runs start here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(_join_option_values(argv, ("--extra",)))
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    try:
+        args.extra_args = [a for chunk in args.extra for a in shlex.split(chunk)]
+    except ValueError as e:  # e.g. an unclosed quote
+        parser.error(f"--extra {args.extra!r}: {e}")
     missing = [m for m in args.methods if not os.path.isfile(config_path(args.root, m))]
     if missing:
         parser.error("no config for method(s) " + ", ".join(
@@ -243,6 +287,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except OSError as e:  # an unwritable runs dir, a full disk, an interpreter that does not exist
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        full = any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in _chain(e))
+        where = getattr(e, "filename", None)
+        message = (f"No space left on device{f' while writing {where}' if where else ''}" if full
+                   else (str(e).strip().splitlines() or [type(e).__name__])[0])
+        print(f"[sweep] error: {message}" + ("" if args.verbose else " (--verbose for the traceback)"),
+              file=sys.stderr, flush=True)
+        return 2
+
+
+def _chain(e: BaseException | None) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and all(e is not x for x in out):
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
     jobs = build_jobs(args)
     todo = []
     for job in jobs:

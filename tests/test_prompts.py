@@ -66,8 +66,6 @@ def test_cupl_cleaning(tmp_path):
     ("{}", "no classes"),
     ('{"cat": "A cat."}', "'cat'"),
     ('{"cat": ["A cat.", 3]}', "'cat'"),
-    ('{"cat": []}', "'cat'"),
-    ('{"cat": ["  "]}', "'cat'"),
     ('{"cat": ["a"], "cat": ["b"]}', "'cat' appears more than once"),
 ])
 def test_cupl_errors_name_file_and_key(tmp_path, content, needle):
@@ -75,6 +73,12 @@ def test_cupl_errors_name_file_and_key(tmp_path, content, needle):
     with pytest.raises(ValueError) as e:
         prompts.read_class_descriptions(path)
     assert str(path) in str(e.value) and needle in str(e.value)
+
+
+def test_cupl_keys_without_sentences_are_left_out(tmp_path):
+    # Issue 11 item 6: an empty list is a missing class (the template fallback covers it), not a bad file.
+    path = write(tmp_path, "d.json", {"cat": ["A cat."], "gerenuk": [], "eel": ["  "]})
+    assert prompts.read_class_descriptions(path) == {"cat": ["A cat."]}
 
 
 # --- matching ------------------------------------------------------------------------

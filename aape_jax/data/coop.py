@@ -43,6 +43,7 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from aape_jax.errors import DataError
 from aape_jax.data.types import Example, ImageDataset
 
 __all__ = [
@@ -78,9 +79,11 @@ def _require(path: pathlib.Path, what: str, dataset: str, *, is_dir: bool) -> No
     ok = path.is_dir() if is_dir else path.is_file()
     if not ok:
         kind = "folder" if is_dir else "file"
-        raise FileNotFoundError(
+        raise DataError(
             f"{dataset}: expected the {what} {kind} at {path} (CoOp layout; see "
-            f"aape_jax/data/coop.py for the expected tree)"
+            f"aape_jax/data/coop.py for the expected tree)",
+            hint="set --config.dataset.root to the folder that holds the CoOp dataset folders "
+                 "(DATASETS.md of CoOp), or --config.dataset.source=folder|tfds",
         )
 
 

@@ -27,6 +27,7 @@ from aape_jax.data.folder import load_folder
 from aape_jax.data.imagenet import load_imagenet, load_imagenet_variant
 from aape_jax.data.tfds_source import load_tfds
 from aape_jax.data.types import ImageDataset
+from aape_jax.errors import ConfigError
 
 __all__ = ["ALL_DATASETS", "SOURCES", "DATASETS", "VARIANTS", "load_dataset", "imagenet_subset"]
 
@@ -45,19 +46,23 @@ def load_dataset(name: str, root: str | os.PathLike | None, source: str = "coop"
     """
     if source == "folder":
         if root is None:
-            raise ValueError("source='folder' needs root (the folder of class sub-folders)")
+            raise ConfigError("source='folder' needs root (the folder of class sub-folders)",
+                              hint="set --config.dataset.root")
         return load_folder(root, name=name)
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}",
+                          hint="set --config.dataset.source")
     if name not in ALL_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(ALL_DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(ALL_DATASETS)}",
+                          hint="set --config.dataset.name (or dataset=NAME in the config argument)")
 
     if source == "tfds":
         return load_tfds(name, data_dir=None if root is None else os.fspath(root))
 
     # source == "coop"
     if root is None:
-        raise ValueError(f"{name}: source='coop' needs root (the CoOp data root)")
+        raise ConfigError(f"{name}: source='coop' needs root (the CoOp data root)",
+                          hint="set --config.dataset.root to the folder that holds the CoOp dataset folders")
     if name == "imagenet":
         return load_imagenet(root)
     if name in _classnames.VARIANTS:

@@ -18,19 +18,31 @@ on it:
   partial one, and concurrent writers of one entry leave one complete file
   (the last rename wins).
 * Anything unusable is logged and treated as a miss, so the caller recomputes.
+* Image-feature extraction inside `get_or_compute` / `get_or_compute_sharded`
+  saves its finished batches every `CHUNK_IMAGES` images or `CHUNK_SECONDS`
+  seconds as chunk entries in ``<kind>-<fingerprint[:16]>.partial/`` (same
+  format and checks); a rerun after a kill loads them and encodes only the
+  rest, on the same batch grid, so the entry is bit-identical to an
+  uninterrupted extraction. The folder is removed once the entry is saved.
+* Files get the user's umask (0644 by default), folders 0755 (`aape_jax.atomic`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import pathlib
+import re
+import shutil
 import threading
+import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -49,6 +61,10 @@ _KEY = "__key__"
 _CHECKSUMS = "__checksums__"
 _COMPLETE = "__complete__"
 _FILE_CHUNK = 8 << 20  # 8 MiB: large sequential reads, bounded memory
+# Extraction saves its finished batches once this many images or seconds have accumulated
+# (whichever comes first; a kill loses at most that much work).
+CHUNK_IMAGES = 2048
+CHUNK_SECONDS = 60.0
 
 
 # --------------------------------------------------------------------------- #
@@ -248,9 +264,11 @@ class FeatureStore:
             if found is not None:
                 logging.info("reused %s", path)
             else:
-                found = _check_arrays(compute(), path)
+                with self.resumable(kind, key):
+                    found = _check_arrays(compute(), path)
                 self.save(kind, key, found)
                 logging.info("computed %s", path)
+            self._remove_partial(kind, key)
         distributed.barrier(f"feature store {path.name}")
         if not distributed.is_main_process():
             found = self._load_written_by_main(kind, key)
@@ -267,7 +285,9 @@ class FeatureStore:
 
         Each process computes `compute_part(its slice of range(num_items))`
         and writes it as a part; process 0 concatenates the parts into the one
-        entry and removes them.
+        entry and removes them. An extraction inside `compute_part` resumes
+        from its saved chunks after an interruption (see `resumable`), and a
+        part already written is not computed again.
         """
         if jax.process_count() == 1:
             return self.get_or_compute(kind, key, lambda: compute_part(slice(0, num_items)))
@@ -275,8 +295,12 @@ class FeatureStore:
         have = distributed.any_process(distributed.is_main_process() and self.load(kind, key) is not None)
         if not have:
             part_key = lambda p: {"entry": path.name, "part": p, "of": jax.process_count()}
-            self.save(f"{kind}_part", part_key(jax.process_index()),
-                      _check_arrays(compute_part(distributed.process_shard(num_items)), path))
+            mine = part_key(jax.process_index())
+            if self.load(f"{kind}_part", mine) is None:  # a part written before an interruption is kept
+                with self.resumable(f"{kind}_part", mine):
+                    part = _check_arrays(compute_part(distributed.process_shard(num_items)), path)
+                self.save(f"{kind}_part", mine, part)
+            self._remove_partial(f"{kind}_part", mine)
             distributed.barrier(f"feature store parts {path.name}")
             if distributed.is_main_process():
                 parts = []
@@ -291,6 +315,25 @@ class FeatureStore:
                 logging.info("computed %s on %d processes", path, jax.process_count())
             distributed.barrier(f"feature store merged {path.name}")
         return self._load_written_by_main(kind, key)
+
+    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path:
+        """The folder of the resumable chunks of the entry (kind, key)."""
+        path = self.path(kind, key)
+        return path.with_name(path.stem + ".partial")
+
+    @contextlib.contextmanager
+    def resumable(self, kind: str, key: Mapping[str, Any]) -> Iterator[None]:
+        """Within it, `extract_image_features` saves and reuses its finished batches for this entry."""
+        token = _ACTIVE_CHUNKS.set(_Chunks(self.partial_dir(kind, key), fingerprint(key)))
+        try:
+            yield
+        finally:
+            _ACTIVE_CHUNKS.reset(token)
+
+    def _remove_partial(self, kind: str, key: Mapping[str, Any]) -> None:
+        directory = self.partial_dir(kind, key)
+        if directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _load_written_by_main(self, kind: str, key: Mapping[str, Any]) -> dict[str, np.ndarray]:
         found = self.load(kind, key)
@@ -339,6 +382,67 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 # --------------------------------------------------------------------------- #
+# Resumable extraction: chunks of finished batches
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True)
+class _Chunks:
+    """Where an entry's extraction keeps its finished batches, and the entry's fingerprint."""
+
+    directory: pathlib.Path
+    entry: str
+
+
+_ACTIVE_CHUNKS: contextvars.ContextVar[_Chunks | None] = contextvars.ContextVar("feature_store_chunks",
+                                                                                 default=None)
+_CHUNK_NAME = re.compile(r"^chunk\.(\d+)\.(\d+)-[0-9a-f]{16}\.npz$")
+
+
+class _ChunkLog:
+    """One extraction's chunks: rows [start, stop) of its job list, saved as store entries.
+
+    The key holds everything that fixes the bytes of a chunk besides the
+    entry's own key: the jobs (examples, views, seed, augmentation, rows) and
+    the batch grid (`batch_size`), so a chunk is reused only by an extraction
+    that would compute exactly the same batches.
+    """
+
+    def __init__(self, chunks: _Chunks, params: Mapping[str, Any]):
+        self.store = FeatureStore(chunks.directory)
+        self.params = {"entry": chunks.entry, **params}
+
+    def _key(self, start: int, stop: int) -> dict[str, Any]:
+        return {**self.params, "jobs": [start, stop]}
+
+    def load(self, num_jobs: int, batch_size: int) -> dict[int, np.ndarray]:
+        """{start: features [stop - start, D]} of the usable chunks on disk."""
+        found: dict[int, np.ndarray] = {}
+        if not self.store.root.is_dir():
+            return found
+        for name in sorted(os.listdir(self.store.root)):
+            m = _CHUNK_NAME.match(name)
+            if not m:
+                continue
+            start, stop = int(m.group(1)), int(m.group(2))
+            kind = f"chunk.{start}.{stop}"
+            if self.store.path(kind, self._key(start, stop)).name != name:
+                continue  # another extraction's chunk (other batch size, rows, ...)
+            aligned = start % batch_size == 0 and (stop % batch_size == 0 or stop == num_jobs)
+            if not (0 <= start < stop <= num_jobs and aligned):
+                continue
+            arrays = self.store.load(kind, self._key(start, stop))
+            z = None if arrays is None else arrays.get("z")
+            if z is None or z.ndim != 2 or z.shape[0] != stop - start or z.dtype != np.float32:
+                continue
+            if start not in found or len(found[start]) < len(z):
+                found[start] = z
+        return found
+
+    def save(self, start: int, feats: Sequence[np.ndarray]) -> None:
+        z = np.concatenate(feats)
+        self.store.save(f"chunk.{start}.{start + len(z)}", self._key(start, start + len(z)), {"z": z})
+
+
+# --------------------------------------------------------------------------- #
 # Image feature extraction
 # --------------------------------------------------------------------------- #
 def extract_image_features(
@@ -354,6 +458,13 @@ def extract_image_features(
     rows: slice | None = None,
 ) -> np.ndarray:
     """Encodes every example (K views each) with a frozen image encoder.
+
+    The progress bar advances after every `encode` call (one batch). Called
+    inside `FeatureStore.get_or_compute` / `get_or_compute_sharded` (as
+    training does), finished batches are saved as chunks of that entry every
+    `CHUNK_IMAGES` images or `CHUNK_SECONDS` seconds and when the loop stops
+    on an error or Ctrl-C; a rerun reuses them and encodes only the rest, with
+    the same batches, so its output is bit-identical to an uninterrupted run.
 
     Args:
       encode: float32 NHWC pixel batch [n, H, W, 3] -> features [n, D]
@@ -387,42 +498,92 @@ def extract_image_features(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     selected = range(len(examples))[rows or slice(None)]
     jobs = [(i, v) for i in selected for v in range(views)]  # example-major
+    active = _ACTIVE_CHUNKS.get()
+    log = None
+    if active is not None and jobs:
+        log = _ChunkLog(active, {
+            "examples": fingerprint({"keys": [e.key for e in examples]}), "num_examples": len(examples),
+            "rows": [selected.start, selected.stop], "views": views, "seed": seed, "augment": augment,
+            "transform": transform, "batch_size": batch_size,
+        })
+    done = log.load(len(jobs), batch_size) if log is not None else {}
     out: np.ndarray | None = None
+
+    def place(start: int, feats: np.ndarray) -> None:
+        nonlocal out
+        if out is None:
+            out = np.empty((len(selected), views, feats.shape[1]), dtype=np.float32)
+        elif feats.shape[1] != out.shape[2]:
+            raise ValueError(
+                f"encode returned width {feats.shape[1]} after {out.shape[2]} in earlier batches"
+            )
+        example_rows, cols = zip(*jobs[start : start + len(feats)])
+        out[[i - selected.start for i in example_rows], list(cols)] = feats
+
+    pending: list[np.ndarray] = []  # finished batches not yet saved as a chunk
+    pending_start = 0
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal pending, last_flush
+        if log is not None and pending:
+            log.save(pending_start, pending)
+        pending, last_flush = [], time.monotonic()
+
+    reused = sum(len(z) for z in done.values())
+    if reused:
+        logging.info("%s: reusing %d of %d encoded images from %s", desc, reused, len(jobs), active.directory)
     with tqdm(total=len(jobs), desc=desc, unit="img", disable=not distributed.is_main_process()) as bar:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            if augment:
-                pixels = np.concatenate(
-                    [
-                        train_augment(
-                            examples[i].image, transform, np.random.default_rng([seed, v, i])
-                        )
-                        for i, v in chunk
-                    ]
-                )
-            else:
-                pixels = eval_transform([examples[i].image for i, _ in chunk], transform)
-            feats = np.asarray(encode(pixels), dtype=np.float32)
-            if feats.ndim != 2 or feats.shape[0] != len(chunk):
-                raise ValueError(
-                    f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]"
-                )
-            if out is None:
-                out = np.empty((len(selected), views, feats.shape[1]), dtype=np.float32)
-            elif feats.shape[1] != out.shape[2]:
-                raise ValueError(
-                    f"encode returned width {feats.shape[1]} after {out.shape[2]} in earlier batches"
-                )
-            bad = ~np.isfinite(feats).all(axis=1)
-            if bad.any():
-                i, v = chunk[int(np.argmax(bad))]
-                raise ValueError(
-                    f"non-finite image features for example {examples[i].key!r} (view {v}); "
-                    "check the image and the encoder's dtype/weights"
-                )
-            example_rows, cols = zip(*chunk)
-            out[[i - selected.start for i in example_rows], list(cols)] = feats
-            bar.update(len(chunk))
+        start = 0
+        try:
+            while start < len(jobs):
+                if start in done:  # a chunk from an interrupted run: same batches, same bytes
+                    flush()
+                    feats = done[start]
+                    place(start, feats)
+                    start += len(feats)
+                    pending_start = start
+                    bar.update(len(feats))
+                    continue
+                chunk = jobs[start : start + batch_size]
+                if augment:
+                    pixels = np.concatenate(
+                        [
+                            train_augment(
+                                examples[i].image, transform, np.random.default_rng([seed, v, i])
+                            )
+                            for i, v in chunk
+                        ]
+                    )
+                else:
+                    pixels = eval_transform([examples[i].image for i, _ in chunk], transform)
+                feats = np.asarray(encode(pixels), dtype=np.float32)
+                if feats.ndim != 2 or feats.shape[0] != len(chunk):
+                    raise ValueError(
+                        f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]"
+                    )
+                bad = ~np.isfinite(feats).all(axis=1)
+                if bad.any():
+                    i, v = chunk[int(np.argmax(bad))]
+                    raise ValueError(
+                        f"non-finite image features for example {examples[i].key!r} (view {v}); "
+                        "check the image and the encoder's dtype/weights"
+                    )
+                place(start, feats)
+                pending.append(feats)
+                start += len(chunk)
+                bar.update(len(chunk))  # per batch
+                if (sum(len(z) for z in pending) >= CHUNK_IMAGES
+                        or time.monotonic() - last_flush >= CHUNK_SECONDS):
+                    flush()
+                    pending_start = start
+        except BaseException:
+            # Whatever stops the loop (an error, Ctrl-C), the finished batches are kept for the rerun.
+            try:
+                flush()
+            except Exception as e:  # noqa: BLE001 - never mask the original error
+                logging.warning("%s: could not save the finished batches: %s", desc, e)
+            raise
     if out is None:
         # No examples: the feature width is unknown without calling encode.
         return np.zeros((0, views, 0), dtype=np.float32)

@@ -23,9 +23,11 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 
 from aape_jax import atomic
 from aape_jax.data.types import Example
+from aape_jax.errors import UserError
 
 __all__ = [
     "base_new_split",
@@ -138,17 +140,36 @@ def few_shot_cached(
     atomically (temp file + ``os.replace``), so a crash or a concurrent run
     never leaves a half-written file.
 
+    A damaged file (unreadable, not JSON, not of that shape, e.g. truncated) is
+    logged and rebuilt like a damaged feature-store entry: the draw depends only
+    on (examples, shots, seed), so the rebuilt file holds the same draw.
+
     Raises:
-      ValueError: the file is unreadable or malformed, or names keys that are
-        not in `examples` (e.g. it belongs to another dataset or split).
+      ForeignCacheError (a ValueError): the file names keys that are not in
+        `examples`, or labels that disagree with theirs (it belongs to other
+        data; delete it to resample).
     """
     path = pathlib.Path(cache_path)
     if path.exists():
-        return _read_cache(path, examples)
+        try:
+            return _read_cache(path, examples)
+        except _DamagedCache as e:
+            # The draw depends only on (examples, shots, seed): redrawing gives the file's content back.
+            logging.warning("few-shot draw %s is damaged (%s); drawing it again from seed %d", path, e, seed)
     chosen = few_shot(examples, shots, seed, repeat=repeat)
     payload = {"train": [[e.key, int(e.label)] for e in chosen]}
     atomic.write_json(path, payload)
     return chosen
+
+
+class _DamagedCache(ValueError):
+    """A few-shot cache file that cannot be parsed (rebuilt, not an error)."""
+
+
+class ForeignCacheError(UserError, ValueError):
+    """A few-shot cache file written for other data."""
+
+    hint = "delete the file to draw the shots again (other runs that used it trained on the old draw)"
 
 
 def _read_cache(path: pathlib.Path, examples: Sequence[Example]) -> list[Example]:
@@ -157,19 +178,19 @@ def _read_cache(path: pathlib.Path, examples: Sequence[Example]) -> list[Example
         entries = payload["train"]
         pairs = [(str(k), int(y)) for k, y in entries]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{path}: not a few-shot cache file ({{\"train\": [[key, label], ...]}}): {e}"
+        raise _DamagedCache(
+            f"not a few-shot cache file ({{\"train\": [[key, label], ...]}}): {type(e).__name__}: {e}"
         ) from e
     by_key = {e.key: e for e in examples}
     unknown = [k for k, _ in pairs if k not in by_key]
     if unknown:
-        raise ValueError(
+        raise ForeignCacheError(
             f"{path}: {len(unknown)} cached keys are not in the given examples, first "
             f"{unknown[:5]}; the cache belongs to other data: delete it to resample"
         )
     mislabelled = [k for k, y in pairs if by_key[k].label != y]
     if mislabelled:
-        raise ValueError(
+        raise ForeignCacheError(
             f"{path}: cached labels disagree with the examples' labels for keys "
             f"{mislabelled[:5]}; delete the cache to resample"
         )

@@ -43,12 +43,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from aape_jax import errors
 from aape_jax.prompts.aliases import aliases_for
 from aape_jax.prompts.cupl import read_class_descriptions
 from aape_jax.prompts.matching import MissingPromptsError, match_classes
 
 
-class UsageError(ValueError):
+class UsageError(errors.UserError, ValueError):
     """Input the command cannot use: reported on stderr and as {"error": ...}, exit 2."""
 
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--classnames", help="text file with one class name a line, instead of the dataset's")
     check.add_argument("--prompts", required=True, help="CuPL-format JSON {class: [sentence, ...]}")
     check.add_argument("--aliases", help="JSON {class name: key in the prompt file}, over the package table")
+    check.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     check.set_defaults(func=run_check)
 
     gen = sub.add_parser("generate", help="write CuPL-style descriptions with a local causal LM (transformers)")
@@ -231,10 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     gen.set_defaults(func=run_generate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as e:  # what the subcommands do not turn into their JSON error line
+        code = errors.report(e, verbose=getattr(args, "verbose", False), prog="error")
+        if code is None:
+            raise
+        return code

@@ -6,8 +6,9 @@ Prompt files spell classes their own way (CuPL: "snoopy (cartoon beagle)",
   2. the class name is itself a key;
   3. the normalised class name equals normalised key(s) (`normalize_name`); where
      several keys normalise alike, their sentences are merged in file order.
-Classes still unmatched get the fallback templates when the config provides them (and
-a warning lists them), else `MissingPromptsError` lists every one of them.
+A key whose list holds no sentence counts as absent. Classes still unmatched get the
+fallback templates when the config provides them (`--config.prompts.fallback_to_templates=true`;
+a warning lists them), else `MissingPromptsError` lists every one of them and names that flag.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import logging
 
+from aape_jax.errors import PromptFileError
 from aape_jax.prompts.templates import fill
 
 _SEPARATORS = re.compile(r"[_\-/\s]+")
@@ -41,8 +43,12 @@ def normalize_name(name: str) -> str:
     return _SPACES.sub(" ", name).strip()
 
 
-class MissingPromptsError(ValueError):
-    """Classes that matched no key of a prompt file; `.missing` lists them all."""
+FALLBACK_FLAG = "--config.prompts.fallback_to_templates=true"
+ALIASES_FLAG = "--config.prompts.aliases"
+
+
+class MissingPromptsError(PromptFileError):
+    """Classes that matched no key (or only an empty list) of a prompt file; `.missing` lists them all."""
 
     def __init__(self, missing: Sequence[str], source: str):
         self.missing = list(missing)
@@ -50,7 +56,10 @@ class MissingPromptsError(ValueError):
         super().__init__(
             f"{len(self.missing)} class(es) have no prompts in {source}: "
             + ", ".join(repr(c) for c in self.missing)
-            + ". Add an alias {class name: key in the file} to the config, or enable the template fallback."
+            + f". Add an alias {{class name: key in the file}} ({ALIASES_FLAG}), or give them the ImageNet "
+            f"templates with {FALLBACK_FLAG}.",
+            hint=f"{FALLBACK_FLAG} gives classes without prompts the 80 ImageNet templates; "
+                 f"`python -m aape_jax.prompts check` lists them",
         )
 
 
@@ -97,11 +106,13 @@ def match_classes(
     if fallback_templates is not None:
         # Checked now, not only when a class falls back: a bad config should fail every run.
         fill(fallback_templates, "")
+    # A key with no sentences counts as absent: its class is missing (and falls back when asked).
+    prompts = {k: v for k, v in prompts.items() if any(s.strip() for s in v)}
     aliases = aliases or {}
     bad = [(c, aliases[c]) for c in dict.fromkeys(classnames) if c in aliases and aliases[c] not in prompts]
     if bad:
-        raise ValueError(f"config aliases name keys that {source} lacks: "
-                         + ", ".join(f"{c!r} -> {k!r}" for c, k in bad))
+        raise PromptFileError(f"config aliases name keys that {source} lacks (or that have no sentences): "
+                              + ", ".join(f"{c!r} -> {k!r}" for c, k in bad), hint=f"fix {ALIASES_FLAG}")
     by_normal: dict[str, list[str]] = {}
     for key in prompts:  # file order, so merged sentences keep it too
         by_normal.setdefault(normalize_name(key), []).append(key)
