@@ -21,3 +21,11 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (CI always has it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def toy_clip_dir(shared_data) -> str:
+    """The toy world's pretrained CLIP: built once per machine (minutes), then read from the cache."""
+    from aape_jax import toyworld
+
+    return toyworld.pretrained_clip(str(shared_data / "clip_tokenizer"))

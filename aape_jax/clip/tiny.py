@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import flax
 import numpy as np
@@ -97,8 +97,9 @@ def write_checkpoint(
     seed: int = 0,
     corpus: Iterable[str] = (),
     tokenizer_dir: str | os.PathLike | None = None,
+    params: Mapping | None = None,
 ) -> str:
-    """Writes a random CLIP in HF format (config, safetensors, tokenizer, preprocessor).
+    """Writes a CLIP in HF format (config, safetensors, tokenizer, preprocessor): random, or `params`.
 
     Args:
       directory: created if needed; existing checkpoint files are replaced.
@@ -107,6 +108,7 @@ def write_checkpoint(
       corpus: extra texts the byte-level vocabulary learns merges from.
       tokenizer_dir: copy `vocab.json`/`merges.txt` from here instead of
         learning a vocabulary (needed for the real 49,408-token geometry).
+      params: a trained Flax parameter tree of this geometry (default: random from `seed`).
 
     Returns:
       The directory, as a string.
@@ -140,7 +142,7 @@ def write_checkpoint(
         texts = [_DEFAULT_CORPUS, *corpus] * 8 + [filler]
         write_byte_level_vocab(directory, texts, config.text.vocab_size)
 
-    save_file(weights.to_state_dict(random_params(config, seed)), os.path.join(directory, weights.SAFETENSORS))
+    save_file(weights.to_state_dict(random_params(config, seed) if params is None else params), os.path.join(directory, weights.SAFETENSORS))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
