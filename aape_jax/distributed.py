@@ -1,4 +1,4 @@
-"""Multi-process set-up and the few cross-process agreements the trainer needs.
+"""Multi-process set-up, the few cross-process agreements the trainer needs, and stop signals.
 
 Every process runs the same program. `initialize` starts
 `jax.distributed` from explicit flags, or by auto-detection on Cloud TPU pods
@@ -20,7 +20,9 @@ from jax.experimental import multihost_utils
 # Exit code of a run that saved a checkpoint because it was asked to stop (EX_TEMPFAIL);
 # launch scripts rerun the same command, which resumes.
 PREEMPTED_EXIT_CODE = 75
-
+# Exit code of a run stopped by Ctrl-C (SIGINT), after its checkpoint: 128 + SIGINT, as a shell
+# reports it. Launch scripts do not restart it (the user asked it to stop); the same command resumes.
+INTERRUPTED_EXIT_CODE = 130
 
 def _cluster_detected() -> bool:
     """Whether this looks like one process of a multi-process job jax can auto-configure."""
@@ -78,36 +80,70 @@ def process_shard(n: int) -> slice:
 
 
 class PreemptionWatcher:
-    """Turns SIGTERM into a request to checkpoint at the next step boundary.
+    """Turns SIGTERM and a first SIGINT (Ctrl-C) into a request to checkpoint at the next step boundary.
 
     Cloud TPU VMs and Slurm (`--signal=TERM@...`) send SIGTERM before they take
     the machine away; every process then agrees (`any_process`) to save the
-    same step and exit with `PREEMPTED_EXIT_CODE`.
+    same step and exit with `PREEMPTED_EXIT_CODE`. Ctrl-C does the same and
+    exits with `INTERRUPTED_EXIT_CODE`; a second Ctrl-C raises
+    `KeyboardInterrupt` at once (no further checkpoint; the latest one stays).
+
+    Attributes:
+      signum: the first signal received (None before any).
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self) -> None:
-        self._requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._interrupts = 0
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        logging.warning("received signal %d: will checkpoint at the next step boundary and exit", signum)
-        self._requested = True
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                logging.warning("second Ctrl-C: aborting now, without a checkpoint of the current step")
+                raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+        hint = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+        logging.warning("received %s: will checkpoint at the next step boundary and exit%s",
+                        signal.Signals(signum).name, hint)
 
     def __enter__(self) -> PreemptionWatcher:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        """Whether this process received a stop signal (not agreed across processes)."""
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """`INTERRUPTED_EXIT_CODE` after a Ctrl-C here, else `PREEMPTED_EXIT_CODE`."""
+        return INTERRUPTED_EXIT_CODE if self.signum == signal.SIGINT else PREEMPTED_EXIT_CODE
+
+    @property
+    def reason(self) -> str:
+        return "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else "preempted"
 
     def should_stop(self) -> bool:
         """Agreed across processes; call at every step boundary."""
-        return any_process(self._requested)
+        return any_process(self.requested)
 
 
 class Preempted(SystemExit):
-    """Raised after the preemption checkpoint is on disk; exits with `PREEMPTED_EXIT_CODE`."""
+    """Raised after the stop checkpoint is on disk; exits with `code` (`PREEMPTED_EXIT_CODE` or
+    `INTERRUPTED_EXIT_CODE`)."""
 
-    def __init__(self, step: int):
-        super().__init__(PREEMPTED_EXIT_CODE)
+    def __init__(self, step: int, code: int = PREEMPTED_EXIT_CODE):
+        super().__init__(code)
         self.step = step

@@ -8,7 +8,10 @@
     clf.export(class_names, "scores.bin")            # image -> scores, via jax.export
     scores = ExportedClassifier.load("scores.bin")(images)   # no training code needed
 
-Text work (template features or template ids) is cached per class list.
+Text work (template features or template ids) is cached per class list. An
+image that cannot be decoded is reported by path and skipped (its row of
+probabilities is NaN, its label None, `clf.skipped` lists it) or, with
+`on_bad_image="fail"`, raises `errors.BadImageError`.
 """
 
 from __future__ import annotations
@@ -23,11 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from aape_jax import clip as clip_lib
+from aape_jax import toyworld, zeroshot
+from aape_jax.checkpoint import CheckpointError, Checkpointer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.model import CLIP
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
+from aape_jax.clip.tiny import GEOMETRIES
+from aape_jax.errors import ConfigError
 from aape_jax.models.aape import AAPE, AAPEConfig
 from aape_jax.models.heads import ClassText, template_ids
 from aape_jax.train_step import make_logits_fn
@@ -38,25 +46,71 @@ _EXPORT_META = ".json"
 def _read_run_config(workdir: str) -> dict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+        raise ConfigError(f"{path} not found: is {workdir} a training workdir?",
+                          hint="pass the --workdir of a finished AAPE training run")
     with open(path) as f:
         return json.load(f)["config"]
 
 
 def _restore_params(workdir: str) -> Any:
-    """The trainable tree of the workdir's latest checkpoint (no optimizer config needed)."""
+    """The trainable tree of the workdir's newest restorable checkpoint (no optimizer config needed)."""
     directory = os.path.join(workdir, "checkpoints")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint in {directory}", hint="train first, or check the workdir")
+    ckpt = Checkpointer(directory, read_only=True)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    except Exception as e:
-        raise RuntimeError(f"checkpoint step {step} in {directory} cannot be restored: {e}") from e
+        _, restored = ckpt.restore_latest_complete(lambda: ocp.args.Composite(state=ocp.args.StandardRestore()))
     finally:
-        manager.close()
+        ckpt.close()
     return restored["state"]["params"]
+
+
+def _geometry(projection_dim: int, text_width: int) -> str:
+    """'projection_dim D, text width W', with the name of a known geometry that has them."""
+    names = [n for n, g in GEOMETRIES.items() if (g.projection_dim, g.text.hidden_size) == (projection_dim,
+                                                                                            text_width)]
+    return f"projection_dim {projection_dim}, text width {text_width}" + (f" ({names[0]})" if names else "")
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(x)) for path, x in flat}
+
+
+def _check_geometry(workdir: str, config: dict, params: Any, frozen: FrozenCLIP, clip_source: str) -> None:
+    """A clear error when the checkpoint was trained on a CLIP of another geometry than `frozen`."""
+    token = config["model"]["combine"] == "token"
+    try:
+        d_run = params["generator"]["linear2"]["kernel"].shape[-1]
+        w_run = params["head"]["proj"]["kernel"].shape[-1] if token else None
+    except (KeyError, TypeError, IndexError):
+        return  # not the expected tree at all: `_check_tree` names what differs
+    d_clip, w_clip = frozen.config.projection_dim, frozen.config.text.hidden_size
+    if d_run != d_clip or (token and w_run != w_clip):
+        trained = config["clip"] or f"the random {config.get('random_clip_geometry', 'tiny')} CLIP in {workdir}"
+        run_geometry = _geometry(d_run, w_run) if token else f"projection_dim {d_run}"
+        raise ConfigError(
+            f"clip={clip_source!r} has geometry {_geometry(d_clip, w_clip)}, but the run in {workdir} was "
+            f"trained on {trained} with geometry {run_geometry}",
+            hint="load it with the CLIP it was trained on (leave clip= unset to use the run's config.clip)")
+
+
+def _check_tree(workdir: str, params: Any, model: AAPE) -> None:
+    """A clear error when the checkpoint's tree is not the one `model` (the run's config.model) has."""
+    d = model.config.embed_dim
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 1, d)),
+                              jnp.ones((1, 1), bool))["params"]
+    expected, got = _shapes(abstract), _shapes(params)
+    if expected != got:
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        parts = ([f"missing {missing[:3]}"] if missing else []) + (
+            [f"unexpected {unexpected[:3]}"] if unexpected else []) + (
+            [f"{k}: {got[k]} in the checkpoint, {expected[k]} expected" for k in shapes[:3]])
+        raise ConfigError(
+            f"the checkpoint in {workdir} does not fit the AAPE model of its config.model ({'; '.join(parts)})",
+            hint="was config.json edited after training?")
 
 
 @dataclasses.dataclass
@@ -77,6 +131,7 @@ class AAPEClassifier:
 
     def __post_init__(self) -> None:
         self._class_text: dict[tuple[str, ...], ClassText] = {}
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of the images the last call skipped
         module = self.clip.module
         logits_fn = make_logits_fn(self.model, module)
 
@@ -93,8 +148,18 @@ class AAPEClassifier:
         """Loads the workdir's latest checkpoint and the CLIP it was trained on (or `clip`)."""
         workdir = os.fspath(workdir)
         config = _read_run_config(workdir)
+        method = config.get("method", "aape")
+        if method != "aape":
+            raise ConfigError(
+                f"{workdir} was trained with method {method!r} (config.method in its config.json); "
+                "AAPEClassifier loads only method 'aape' runs",
+                hint="evaluate the other methods from their metrics.json, or pass the workdir of an AAPE run")
+        params = _restore_params(workdir)
         path = clip or config["clip"] or os.path.join(workdir, "random_clip")
+        if path == toyworld.CLIP_NAME:
+            path = toyworld.pretrained_clip(config.get("toyworld_tokenizer_dir") or None)
         frozen = clip_lib.load(path, dtype=jnp.dtype(dtype or config["clip_dtype"]))
+        _check_geometry(workdir, config, params, frozen, path)
         m = config["model"]
         aape_cfg = AAPEConfig(
             embed_dim=frozen.config.projection_dim, token_width=frozen.config.text.hidden_size,
@@ -102,7 +167,9 @@ class AAPEClassifier:
             aggregator_hidden=m["aggregator_hidden"], generator_hidden=m["generator_hidden"],
             num_tokens=m["num_tokens"], token_position=m.get("token_position", "prefix"),
         )
-        return cls(frozen, AAPE(aape_cfg), _restore_params(workdir), m["template"])
+        model = AAPE(aape_cfg)
+        _check_tree(workdir, params, model)
+        return cls(frozen, model, params, m["template"])
 
     def class_text(self, class_names: Sequence[str]) -> ClassText:
         """Template features and ids for a class list (cached)."""
@@ -120,21 +187,37 @@ class AAPEClassifier:
         return self._class_text[names]
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike], class_names: Sequence[str],
-                      batch_size: int = 32) -> np.ndarray:
-        """Class probabilities np.float32 [N, C] for PIL images, uint8 HWC arrays or paths."""
+                      batch_size: int = 32, on_bad_image: str = "skip") -> np.ndarray:
+        """Class probabilities np.float32 [N, C] for PIL images, uint8 HWC arrays or paths.
+
+        An image that cannot be decoded is logged by path and gets a row of
+        NaN (`on_bad_image="skip"`; `self.skipped` lists (path, reason) of the
+        last call), or raises `errors.BadImageError` (`"fail"`). No images
+        give an empty [0, C] array.
+        """
         ct = self.class_text(class_names)
-        items = images if isinstance(images, (list, tuple)) else [images]
-        out = []
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        out = np.full((len(items), len(ct.features)), np.nan, dtype=np.float32)
+        self.skipped = []
         for start in range(0, len(items), batch_size):
-            pixels = self.clip.preprocess(items[start : start + batch_size])
+            pixels, good, bad = zeroshot.preprocess_each(self.clip.preprocess, items[start : start + batch_size],
+                                                         on_bad_image, offset=start)
+            self.skipped.extend(bad)
+            if pixels is None:
+                continue
             n = len(pixels)
             padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - n, axis=0)])  # one compile
-            out.append(np.asarray(self._probs(self.params, self.clip.params, padded, ct))[:n])
-        return np.concatenate(out).astype(np.float32)
+            out[[start + j for j in good]] = np.asarray(self._probs(self.params, self.clip.params, padded, ct))[:n]
+        if self.skipped:
+            logging.warning("AAPEClassifier: skipped %d of %d image(s) that cannot be decoded: %s", len(self.skipped),
+                            len(items), ", ".join(path for path, _ in self.skipped))
+        return out
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], class_names: Sequence[str]) -> list[str]:
-        """The most probable class name per image."""
-        return [class_names[i] for i in self.predict_proba(images, class_names).argmax(-1)]
+    def predict(self, images: ImageLike | Sequence[ImageLike], class_names: Sequence[str],
+                on_bad_image: str = "skip") -> list[str | None]:
+        """The most probable class name per image (None for an image skipped as undecodable)."""
+        probs = self.predict_proba(images, class_names, on_bad_image=on_bad_image)
+        return [None if np.isnan(p).any() else class_names[int(p.argmax())] for p in probs]
 
     def export(self, class_names: Sequence[str], path: str | os.PathLike) -> None:
         """Serialises image pixels [b, R, R, 3] -> probabilities [b, C] with `jax.export`.

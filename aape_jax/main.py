@@ -4,26 +4,61 @@ Multi-host: every process runs the same command. On Cloud TPU pods and Slurm
 `jax.distributed` is configured automatically; elsewhere pass
 `--coordinator_address HOST:PORT --num_processes N --process_id I`.
 On SIGTERM a run checkpoints at the next step boundary and exits with code 75
-(`aape_jax.distributed.PREEMPTED_EXIT_CODE`); the same command resumes it.
+(`aape_jax.distributed.PREEMPTED_EXIT_CODE`); on Ctrl-C (SIGINT) it does the
+same and exits with 130 (`INTERRUPTED_EXIT_CODE`); a second Ctrl-C aborts at
+once (exit 130, the latest checkpoint kept). The same command resumes it.
+
+Before any work the config is validated and compared with the one the
+workdir's checkpoints were made with (`aape_jax.config_check`): a bad value or
+a changed training field is a one-line error (exit 2) naming the fields.
+`--config.num_epochs=0` evaluates without training; the inference demo at the
+end then runs only if the workdir has a checkpoint.
+
+A user mistake (a missing dataset root, a bad prompt file, a damaged
+checkpoint, a full disk: `aape_jax.errors`) is printed as a one-line error
+and hint, with exit code 2; the traceback is appended to WORKDIR/error.log, or
+printed with `--verbose`.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aape_jax import distributed
+from aape_jax import distributed, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path:args)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and summaries")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0's coordinator")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: index of this process")
+_VERBOSE = flags.DEFINE_bool("verbose", False,
+                             "print the traceback of a user error (else it goes to WORKDIR/error.log)")
+ERROR_LOG = "error.log"
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C outside training, or a second one during it
+        logging.flush()
+        print("interrupted: rerun the same command to resume from the latest checkpoint", file=sys.stderr)
+        sys.exit(distributed.INTERRUPTED_EXIT_CODE)
+    except Exception as e:  # SystemExit (preemption: 75, Ctrl-C during training: 130) passes through
+        log_file = os.path.join(_WORKDIR.value, ERROR_LOG) if os.path.isdir(_WORKDIR.value) else None
+        code = errors.report(e, verbose=_VERBOSE.value, log_file=log_file, prog="error")
+        if code is None:
+            raise
+        logging.flush()
+        sys.exit(code)
+
+
+def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
@@ -46,6 +81,7 @@ def main(argv: list[str]) -> None:
     if task != "classification":
         raise app.UsageError(f"config.task is {task!r}; choose 'classification' or 'retrieval'")
 
+    from aape_jax.config_check import latest_checkpoint_step
     from aape_jax.inference import AAPEClassifier
     from aape_jax.train import load_dataset, train_and_evaluate
 
@@ -59,8 +95,14 @@ def main(argv: list[str]) -> None:
         + (f" train_loss={loss:.4f}" if loss is not None else "")
         + (" (random CLIP weights: these accuracies mean nothing)" if metrics["random_weights"] else "")
     )
+    if "zeroshot" in metrics:  # config.report_zeroshot: the reference on the same images
+        print("zeroshot_clip: " + " ".join(f"{k}={v:.2f}" for k, v in metrics["zeroshot"].items()))
     if metrics["method"] != "aape" or jax.process_count() > 1:
         return  # the inference API below is AAPE's, single-process (its Orbax restore would wait for the others)
+    if latest_checkpoint_step(_WORKDIR.value) is None:  # num_epochs=0 on a fresh workdir: nothing was trained
+        print(f"inference demo skipped: {_WORKDIR.value} has no checkpoint (num_epochs={config.num_epochs}; "
+              "AAPEClassifier.load needs a trained workdir)")
+        return
     # The inference API on a few test images: what a user calls after training.
     classifier = AAPEClassifier.load(_WORKDIR.value)
     dataset = load_dataset(config)

@@ -109,7 +109,10 @@ def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name
         agg = losses.clip_reward_loss(all_summary, all_q, data.logit_scale)
         total = ce + weights.distill * distill + weights.aggregator * agg
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return total, {"loss": total, "ce": ce, "distill": distill, "agg": agg, "batch_accuracy": accuracy}
+        # How close the generator is to the aggregator's summary (L_distill is 2 - 2 * this when both are unit).
+        cosine = jnp.mean(jnp.sum(l2_normalize(aape) * l2_normalize(summary), -1))
+        return total, {"loss": total, "ce": ce, "distill": distill, "agg": agg, "batch_accuracy": accuracy,
+                       "distill_cosine": cosine}
 
     return loss_fn
 

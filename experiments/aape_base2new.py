@@ -9,14 +9,17 @@ CuPL prompt file):
     --config.dataset.root=$DATA --config.prompts.path=$CUPL/caltech101.json \
     --workdir runs/aape/caltech101/seed1
 
-Offline default (tiny random CLIP made in the workdir, procedurally generated
-images with named classes, generated class descriptions; its accuracies come
-from random weights and mean nothing):
+Offline default, in the toy world (a small CLIP pretrained here and cached per
+machine; task toy_concepts or dataset=toy_shift; zero-shot CLIP printed beside):
+
+  python -m aape_jax.main --config experiments/aape_base2new.py:toyworld --workdir /tmp/aape_toyworld
+
+Pipeline check in seconds (tiny random CLIP, synthetic images; accuracies mean nothing):
 
   python -m aape_jax.main --config experiments/aape_base2new.py:runlocal --workdir /tmp/aape_runlocal
 
 Arguments (comma-separated, `key=value`): dataset, shots, seed, combine
-(token|feature), aggregator (attention|mean|random|mlp), runlocal.
+(token|feature), aggregator (attention|mean|random|mlp), runlocal, toyworld.
 
 Expected numbers: AAPE's own base/new/H are not reachable here (DESIGN §5).
 Compare with the published 11-dataset averages (ViT-B/16, Base/New/H):

@@ -2,7 +2,14 @@
 
 Run configs from the repository root (`experiments` is imported as a package).
 Arguments (comma-separated `key=value`): dataset, shots, seed, combine,
-aggregator, templates, runlocal.
+aggregator, templates, runlocal, toyworld.
+
+`runlocal`: seconds-fast pipeline check (a tiny random CLIP, the synthetic set;
+its accuracies mean nothing). `toyworld`: the toy world's pretrained small CLIP
+(`python -m aape_jax.toyworld pretrain`, cached per machine) on a toy-world task
+(`toy_concepts` by default, or `dataset=toy_shift`), with zero-shot CLIP
+reported beside the method; learning rates from its validation split
+(`python launch/toyworld_table.py select`).
 """
 
 
@@ -18,7 +25,7 @@ def _parse(arg: str) -> dict[str, str | bool]:
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
         key, sep, value = item.partition("=")
         out[key] = value if sep else True
-    known = {"dataset", "shots", "seed", "combine", "aggregator", "templates", "runlocal"}
+    known = {"dataset", "shots", "seed", "combine", "aggregator", "templates", "runlocal", "toyworld"}
     unknown = set(out) - known
     if unknown:
         raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -29,6 +36,9 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     """The base-to-new config every method shares; `arg` as in the per-method files."""
     args = _parse(arg)
     runlocal = bool(args.get("runlocal", False))
+    toy = bool(args.get("toyworld", False))
+    if runlocal and toy:
+        raise ValueError("choose one of the config arguments 'runlocal' and 'toyworld'")
     config = ml_collections.ConfigDict()
     config.task = "classification"  # "classification" | "retrieval" (see experiments/aape_retrieval.py)
     config.protocol = "base2new"  # "base2new" | "fewshot" (all classes) | "transfer" (see transfer_targets)
@@ -37,16 +47,18 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
 
     # Frozen CLIP: an HF-format directory or hub id. Empty: a random CLIP of
     # `random_clip_geometry` is written to WORKDIR/random_clip and loaded from there.
-    config.clip = "" if runlocal else "openai/clip-vit-base-patch16"
+    # "toyworld": the toy world's small CLIP, pretrained once per machine (aape_jax.toyworld).
+    config.clip = "" if runlocal else "toyworld" if toy else "openai/clip-vit-base-patch16"
+    config.toyworld_tokenizer_dir = ""  # the real CLIP vocabulary for "toyworld" (empty: aape_jax.toyworld's search)
     config.random_clip_geometry = "tiny"  # used only when `clip` is empty ("tiny" | "vit-b-16")
     config.clip_dtype = "float32"  # compute dtype of the frozen towers ("bfloat16" on TPU/GPU)
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = str(args.get("dataset", "synthetic" if runlocal else "caltech101"))
+    config.dataset.name = str(args.get("dataset", "synthetic" if runlocal else "toy_concepts" if toy else "caltech101"))
     config.dataset.root = ""  # dataset root (CoOp layout); unused by "synthetic"
     config.dataset.source = "coop"  # "coop" (folders + split files) | "tfds" | "folder" (root/<class>/*.jpg)
     config.dataset.shots = int(args.get("shots", 16))  # training images per base class
-    config.dataset.num_views = 4 if runlocal else 8  # K augmented views per training image, precomputed
+    config.dataset.num_views = 4 if runlocal or toy else 8  # K augmented views per training image, precomputed
     # "synthetic" only: classes and images per class.
     config.dataset.synthetic_classes = 10
     config.dataset.synthetic_train_per_class = 16
@@ -100,6 +112,8 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     config.parallelism = "jit"  # "jit" (sharded jit, default) | "pmap" (same parameters, legacy API)
     config.num_devices = 0  # devices on the data axis (0: all)
     config.eval_batch_size = 64 if not runlocal else 32
+    config.evaluate_split = "test"  # "test"; "val" for hyper-parameter selection (aape_jax.toyworld table)
+    config.report_zeroshot = toy  # also evaluate zero-shot CLIP (config.model.template) on the same images
 
     # On-disk text/image feature store; point sweeps at one shared directory (empty: WORKDIR/feature_store).
     config.feature_store = ""
@@ -107,4 +121,21 @@ def base2new(arg: str, method: str) -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = 1
     config.init = ""  # a workdir whose latest checkpoint initialises the trainable tree (if none to resume)
     config.log_every_steps = 10
+    # Rerunning a workdir whose checkpoints/metrics were made with a config that differs in a field
+    # that changes training stops with the diff (aape_jax.config_check); true: continue from them with
+    # the new values, the change recorded in config.json's "history" (and metrics.json's config_changes).
+    config.resume_with_changes = False
+    if toy:
+        # The toy world's CLIP is small (D = 64, width 96): fewer heads, a D/4 generator bottleneck.
+        config.model.num_heads = 4
+        config.model.generator_hidden = 16
+        config.optim.learning_rate = TOY_LEARNING_RATES.get(method, config.optim.learning_rate)
     return config
+
+
+# Learning rate per method in the toy world (SGD, 10 epochs, batch 32): the best mean base-class
+# validation accuracy over both toy tasks (96 validation images each, seed 1) from the same grid
+# (0.002, 0.01, 0.05, 0.2) for every method, as printed by `python launch/toyworld_table.py select`.
+# AAPE's variants use AAPE's rate.
+TOY_LEARNING_RATES: dict[str, float] = {"linear_probe": 0.2, "coop": 0.05, "cocoop": 0.05, "kgcoop": 0.2,
+                                        "aape": 0.05}

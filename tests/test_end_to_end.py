@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from aape_jax import AAPEClassifier, ExportedClassifier, train
-from aape_jax.checkpoint import CheckpointError
 from aape_jax.data import protocol
 from experiments import aape_base2new
 
@@ -111,10 +110,10 @@ def uninterrupted(store, tmp_path_factory):
     return json.load(open(workdir / "metrics.json"))
 
 
-def _interrupt(workdir, store, sig):
+def _interrupt(workdir, store, sig, stderr=subprocess.DEVNULL):
     """Starts a long run, sends `sig` once step >= 20 is checkpointed; returns the exit code."""
     proc = subprocess.Popen(_main(workdir, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=stderr)
     ckpts = workdir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -152,7 +151,8 @@ def test_sigterm_checkpoints_exits_75_and_resumes(uninterrupted, store, tmp_path
 # ---------------------------------------------------------------- bad input
 
 
-def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_overwritten(trained, store, tmp_path):
+def test_truncated_checkpoint_falls_back_and_is_kept_aside(trained, store, tmp_path, caplog):
+    import logging
     import shutil
 
     workdir = tmp_path / "copy"
@@ -163,10 +163,19 @@ def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_overwritten(traine
     for f in files:
         with open(f, "r+b") as fh:
             fh.truncate(os.path.getsize(f) // 3)
-    snapshot = {f: open(f, "rb").read() for f in files}
-    with pytest.raises(CheckpointError, match=str(workdir / "checkpoints")):
-        train.train_and_evaluate(_config(store), str(workdir))
-    assert {f: open(f, "rb").read() for f in files} == snapshot
+    snapshot = {os.path.relpath(f, step_dir): open(f, "rb").read() for f in files}
+    caplog.set_level(logging.INFO, logger="absl")
+    metrics = train.train_and_evaluate(_config(store), str(workdir))
+    for key in ("base_acc", "new_acc", "train_loss"):
+        assert metrics[key] == trained[1][key]
+    # The damaged step was set aside for inspection, as it was; the last epoch was redone and saved anew.
+    damaged = workdir / "checkpoints" / f"{latest}.damaged"
+    kept = {os.path.relpath(os.path.join(r, f), damaged): open(os.path.join(r, f), "rb").read()
+            for r, _, fs in os.walk(damaged) for f in fs}
+    assert {name: kept.get(name) for name in snapshot} == snapshot
+    assert (workdir / "checkpoints" / str(latest)).is_dir()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(f"checkpoint step {latest}" in w for w in warnings), warnings
 
 
 def test_nan_features_stop_training_naming_the_step(store, tmp_path, monkeypatch):

@@ -142,9 +142,8 @@ def test_few_shot_cached_unknown_keys(tmp_path):
 def test_few_shot_cached_malformed_or_mislabelled(tmp_path):
     pool = _pool({0: 4, 1: 4})
     cache = tmp_path / "c.json"
-    cache.write_text("{not json")
-    with pytest.raises(ValueError, match="c.json"):
-        protocol.few_shot_cached(pool, 1, 0, cache)
+    cache.write_text("{not json")  # a damaged draw is rebuilt: the same draw, it depends only on the seed
+    assert protocol.few_shot_cached(pool, 1, 0, cache) == protocol.few_shot(pool, 1, 0)
     cache.write_text(json.dumps({"train": [[pool[0].key, 1 - pool[0].label]]}))
     with pytest.raises(ValueError, match="disagree"):
         protocol.few_shot_cached(pool, 1, 0, cache)

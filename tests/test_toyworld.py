@@ -40,9 +40,8 @@ def test_captions_name_what_is_drawn_and_rare_words_are_rare():
     rare = set(world.RARE_COLOR.values()) | set(world.RARE_SHAPE.values())
     rare_rate = np.mean([any(w in rare for w in _words(c)) for c in flat])
     assert 0.0 < rare_rate < 0.06  # seen in pretraining, but seldom
-    # The full concept names ("crimson disc") are rarer still.
-    names = {world.class_name("toy_concepts", c, s) for c, s in world.CLASSES}
-    assert np.mean([any(n in c for n in names) for c in flat]) < 0.005
+    # toy_concepts' class names never appear.
+    assert not set(world.CONCEPT_NAMES) & {w for c in flat for w in _words(c)}
     # Scenes of one content group share the colour and shape words of their captions.
     for i in np.flatnonzero(groups == groups[0])[:20]:
         key = world.content_key(world.sample_scene(np.random.default_rng([0, 0, int(i)])))
@@ -65,7 +64,7 @@ def test_tasks_split_and_name_classes():
             assert len({c for c, _ in half}) >= 5 and len({s for _, s in half}) >= 4
     # Complementary halves of the 48 combinations.
     assert set(world.TASK_CLASSES["toy_concepts"]) | set(world.TASK_CLASSES["toy_shift"]) == set(world.CLASSES)
-    assert all(" " in n and n.split()[0] in world.RARE_COLOR.values() for n in concepts.classnames)
+    assert concepts.classnames == list(world.CONCEPT_NAMES)
     assert all(n.split()[0] in world.COLORS for n in shift.classnames)
     again = world.make_task("toy_shift")
     np.testing.assert_array_equal(again.test[7].image, shift.test[7].image)

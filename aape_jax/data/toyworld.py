@@ -17,10 +17,10 @@ Downstream tasks (:data:`TASKS`), each an `ImageDataset` with train/val/test
 and CuPL-format descriptions (:func:`task_descriptions`):
 
 * ``toy_concepts`` (under-represented concepts): classes are colour x shape
-  objects named only with the rare words ("crimson disc", "azure wedge"), as
-  fine-grained or satellite class names are rare in CLIP's pretraining; the
-  descriptions say what they look like in common words, and, like LLM output,
-  some are vague, redundant or irrelevant.
+  objects named with words pretraining never saw (bird names: "kestrel" is a
+  yellow square), as fine-grained or satellite class names are rare in CLIP's
+  pretraining; the descriptions say what they look like in common words, and,
+  like LLM output, some are vague, redundant or irrelevant.
 * ``toy_shift`` (domain shift): plainly named colour x shape classes ("red
   circle") drawn as outlines, a style pretraining never shows.
 
@@ -41,12 +41,14 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from aape_jax.data import synthetic
 from aape_jax.data.synthetic import draw_shape
 from aape_jax.data.types import Example, ImageDataset
 
 __all__ = [
     "COLORS", "SHAPES", "RARE_COLOR", "RARE_SHAPE", "WORLD_VERSION", "CLASSES", "TASKS", "IMAGE_SIZE",
-    "Scene", "ObjectSpec", "sample_scene", "render_scene", "caption", "zero_shot_set", "make_task",
+    "CONCEPT_NAMES", "Scene", "ObjectSpec", "sample_scene", "render_scene", "caption", "zero_shot_set", "make_task",
+    "class_names",
     "task_descriptions", "write_task_descriptions", "task_fingerprint",
 ]
 
@@ -54,16 +56,9 @@ __all__ = [
 WORLD_VERSION = 1
 IMAGE_SIZE = 32  # the small CLIP's resolution; every renderer takes any size >= 16
 
+# The synthetic set's colours (far apart in RGB), in this world's label order.
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 60, 225),
-    "yellow": (240, 220, 30),
-    "orange": (250, 140, 20),
-    "purple": (140, 40, 190),
-    "black": (15, 15, 15),
-    "white": (245, 245, 245),
-}
+    c: synthetic.COLORS[c] for c in ("red", "green", "blue", "yellow", "orange", "purple", "black", "white")}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
 PLURALS = {"cross": "crosses"}
 SIZES = ("small", "large")
@@ -98,9 +93,19 @@ def _task_classes() -> dict[str, list[tuple[str, str]]]:
 TASK_CLASSES = _task_classes()
 
 
-def class_name(task: str, color: str, shape: str) -> str:
-    """A task's name for a colour x shape class ("crimson disc" or "red circle")."""
-    return f"{RARE_COLOR[color]} {RARE_SHAPE[shape]}" if task == "toy_concepts" else f"{color} {shape}"
+# toy_concepts' class names, in label order: bird names, words no pretraining caption contains.
+CONCEPT_NAMES: tuple[str, ...] = (
+    "kestrel", "heron", "plover", "finch", "wren", "lark", "thrush", "robin", "sparrow", "swallow", "magpie",
+    "falcon", "osprey", "puffin", "pelican", "egret", "ibis", "stork", "curlew", "dunlin", "godwit", "avocet",
+    "bittern", "warbler",
+)
+
+
+def class_names(task: str) -> list[str]:
+    """A task's class names in label order ("kestrel", ... or "red circle", ...)."""
+    if task == "toy_concepts":
+        return list(CONCEPT_NAMES[: len(TASK_CLASSES[task])])
+    return [f"{c} {s}" for c, s in TASK_CLASSES[task]]
 
 
 # --------------------------------------------------------------------------- scenes
@@ -324,12 +329,13 @@ def make_task(name: str, seed: int = 0, size: int = IMAGE_SIZE) -> ImageDataset:
                 examples.append(Example(image=image, label=label,
                                         key=f"{name}/v{WORLD_VERSION}/seed{seed}/{split}/{label:02d}_{k:03d}"))
         splits[split] = examples
-    return ImageDataset(name=name, classnames=[class_name(name, c, s) for c, s in classes], **splits)
+    return ImageDataset(name=name, classnames=class_names(name), **splits)
 
 
 def task_fingerprint(name: str, seed: int = 0, size: int = IMAGE_SIZE) -> str:
     """What determines a task's images, for feature-store keys."""
-    return hashlib.sha256(json.dumps([name, seed, size, WORLD_VERSION, SPLIT_SIZES]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([name, seed, size, WORLD_VERSION, SPLIT_SIZES, class_names(name)]).encode()
+                          ).hexdigest()[:16]
 
 
 _INFORMATIVE = (
@@ -363,8 +369,7 @@ def task_descriptions(name: str) -> dict[str, list[str]]:
     if name == "toy_shift":
         templates += _SHIFT_STYLE
     out = {}
-    for label, (color, shape) in enumerate(TASK_CLASSES[name]):
-        n = class_name(name, color, shape)
+    for label, ((color, shape), n) in enumerate(zip(TASK_CLASSES[name], class_names(name))):
         sentences = [t.format(n=n, c=color, s=shape, a=_article(color)) for t in templates]
         order = np.random.default_rng([_TASK_IDS[name], label]).permutation(len(sentences))
         out[n] = [sentences[i] for i in order]

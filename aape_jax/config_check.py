@@ -1,0 +1,353 @@
+"""Checks a run's config before any work: its values, and the workdir's record of earlier runs.
+
+`validate(config)`: every numeric field in range, every choice a known one;
+a `ConfigError` names each bad field and its value (`config.batch_size is -4
+(must be > 0)`). Written for the classification configs (experiments/common.py);
+the fields a retrieval config shares with them, and its own, are checked the
+same way (`config.task` picks the rules; absent fields are skipped).
+
+`resume_record(config, workdir, git)`: a workdir records the config its
+checkpoints and metrics were made with (`config.json`). A rerun whose config
+differs in a field that changes what training means stops with
+`ConfigDriftError`, listing the changed fields, unless
+`config.resume_with_changes` is true: then the change is appended to the
+record's `history` list (with the step resumed from) and the run goes on.
+Only the fields in `IGNORED_ON_RESUME` (what is logged or kept, where files
+go, what is evaluated, how the same computation is laid out on devices) may
+change silently. The record is returned for the caller to write once every
+check has passed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from absl import logging
+
+from aape_jax.errors import ConfigError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+# Fields that do not change what training computes (a prefix covers its sub-fields). Everything
+# else, including fields added or removed since the workdir was made, counts as a change.
+IGNORED_ON_RESUME: tuple[str, ...] = (
+    "resume_with_changes",  # this switch itself
+    # output only: logging, checkpoint retention and cadence, where the feature cache lives
+    "log_every_steps", "checkpoint_keep", "checkpoint_every_epochs", "feature_store",
+    # evaluation only: what is evaluated after training, and in what batches
+    "eval_batch_size", "evaluate_split", "report_zeroshot", "transfer_targets",
+    "eval", "eval_primary", "eval_block", "eval_ties",  # retrieval's evaluation sets and ranking
+    # layout only: the same global batch and step on other devices (equal up to float rounding)
+    "num_devices", "parallelism",
+)
+
+_ABSENT = object()
+
+
+# ------------------------------------------------------------------ values
+
+
+def _get(config: Any, path: str) -> Any:
+    node = config
+    for key in path.split("."):
+        try:
+            if key not in node:
+                return _ABSENT
+            node = node[key]
+        except TypeError:  # not a mapping
+            return _ABSENT
+    return node
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(minimum: int) -> Callable[[Any], str | None]:
+    return lambda v: None if _is_int(v) and v >= minimum else f"must be an integer >= {minimum}"
+
+
+def _real(minimum: float, strict: bool = False, below: float | None = None) -> Callable[[Any], str | None]:
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    if below is not None:
+        bound += f" and < {below}"
+
+    def check(v: Any) -> str | None:
+        ok = _is_real(v) and (v > minimum if strict else v >= minimum) and (below is None or v < below)
+        return None if ok else f"must be a finite number {bound}"
+
+    return check
+
+
+def _choice(choices) -> Callable[[Any], str | None]:
+    choices = tuple(choices)
+    return lambda v: None if v in choices else "choose one of " + ", ".join(repr(c) for c in choices)
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _string(v: Any) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
+def _template(v: Any) -> str | None:
+    return None if isinstance(v, str) and "{}" in v else "must be a string with '{}' where the class name goes"
+
+
+def _common_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
+    """Fields of both tasks (optimisation, batches, checkpoints, the AAPE modules)."""
+    from aape_jax.clip.tiny import GEOMETRIES
+    from aape_jax.models.aggregator import AGGREGATORS
+
+    return [
+        ("clip", _string), ("random_clip_geometry", _choice(GEOMETRIES)),
+        ("clip_dtype", _choice(("float32", "bfloat16", "float16"))),
+        ("dataset.num_views", _integer(1)),
+        ("model.aggregator", _choice(AGGREGATORS)), ("model.num_heads", _integer(1)),
+        ("model.aggregator_hidden", _integer(1)), ("model.generator_hidden", _integer(1)),
+        ("loss.distill_weight", _real(0)), ("loss.aggregator_weight", _real(0)),
+        ("optim.name", _choice(("sgd", "adamw"))), ("optim.learning_rate", _real(0, strict=True)),
+        ("optim.momentum", _real(0, below=1)), ("optim.weight_decay", _real(0)),
+        ("optim.warmup_epochs", _integer(0)), ("optim.warmup_lr", _real(0)), ("optim.grad_clip", _real(0)),
+        ("batch_size", _integer(1)), ("num_epochs", _integer(0)), ("seed", _integer(0)),
+        ("parallelism", _choice(("jit", "pmap"))), ("num_devices", _integer(0)),
+        ("eval_batch_size", _integer(1)), ("feature_store", _string),
+        ("checkpoint_keep", _integer(1)), ("checkpoint_every_epochs", _integer(1)),
+        ("init", _string), ("log_every_steps", _integer(1)), ("resume_with_changes", _boolean),
+    ]
+
+
+def _classification_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
+    from aape_jax.data.datasets import SOURCES
+    from aape_jax.methods import METHODS
+    from aape_jax.models.aape import COMBINE_MODES
+    from aape_jax.models.heads import TOKEN_POSITIONS
+
+    return [
+        ("method", _choice(METHODS)), ("protocol", _choice(PROTOCOLS)),
+        ("dataset.name", _string), ("dataset.root", _string), ("dataset.source", _choice(SOURCES)),
+        ("dataset.shots", _integer(1)),
+        ("dataset.synthetic_classes", _integer(2)), ("dataset.synthetic_train_per_class", _integer(1)),
+        ("dataset.synthetic_test_per_class", _integer(1)),
+        ("prompts.path", _string), ("prompts.fallback_to_templates", _boolean),
+        ("prompts.max_per_class", _integer(0)),
+        ("model.combine", _choice(COMBINE_MODES)), ("model.num_tokens", _integer(1)),
+        ("model.token_position", _choice(TOKEN_POSITIONS)), ("model.template", _template),
+        ("baseline.templates", _choice(("single", "ensemble"))), ("baseline.meta_ratio", _integer(1)),
+        ("baseline.kg_weight", _real(0)),
+        ("evaluate_split", _choice(EVALUATE_SPLITS)), ("report_zeroshot", _boolean),
+    ]
+
+
+def _retrieval_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
+    from aape_jax.retrieval.metrics import TIES
+    from aape_jax.retrieval.train_step import SCORES
+
+    return [
+        ("dataset.max_captions", _integer(0)), ("model.score", _choice(SCORES)), ("model.alpha", _real(0)),
+        ("eval_block", _integer(1)), ("eval_ties", _choice(TIES)),
+    ]
+
+
+TASKS = ("classification", "retrieval")
+PROTOCOLS = ("base2new", "fewshot", "transfer")
+EVALUATE_SPLITS = ("test", "val")
+PROMPTED_METHODS = ("aape", "cupl")  # methods that read config.prompts.path
+
+
+def _fmt(v: Any) -> str:
+    if v is _ABSENT:
+        return "<absent>"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+def problems(config: Any, device_count: int | None = None) -> list[str]:
+    """One line per bad field ("config.FIELD is VALUE (why)"); empty when the config can run."""
+    task = _get(config, "task")
+    task = "classification" if task is _ABSENT else task
+    if task not in TASKS:
+        return [f"config.task is {_fmt(task)} ({_choice(TASKS)(task)})"]
+    rules = _common_rules() + (_classification_rules() if task == "classification" else _retrieval_rules())
+    out = []
+    for path, check in rules:
+        value = _get(config, path)
+        if value is _ABSENT:
+            continue
+        why = check(value)
+        if why:
+            out.append(f"config.{path} is {_fmt(value)} ({why})")
+    out += _cross_field_problems(config, task, device_count, bad={line.split()[0] for line in out})
+    return out
+
+
+def _cross_field_problems(config: Any, task: str, device_count: int | None, bad: set[str]) -> list[str]:
+    out = []
+    if device_count is None:
+        import jax
+
+        device_count = jax.device_count()
+    num_devices = _get(config, "num_devices")
+    if "config.num_devices" not in bad and _is_int(num_devices) and num_devices > device_count:
+        out.append(f"config.num_devices is {num_devices} (only {device_count} devices are available; 0: all)")
+    batch = _get(config, "batch_size")
+    n = num_devices if _is_int(num_devices) and 0 < num_devices <= device_count else device_count
+    if "config.batch_size" not in bad and _is_int(batch) and batch % n:
+        out.append(f"config.batch_size is {batch} (must be divisible by the {n} devices of the data axis; "
+                   "set config.num_devices to use fewer)")
+    init = _get(config, "init")
+    if "config.init" not in bad and isinstance(init, str) and init and not os.path.isdir(
+            os.path.join(init, "checkpoints")):
+        out.append(f"config.init is {init!r} (no checkpoints/ folder there: it must be the workdir of a run)")
+    if task == "classification":
+        method, path, dataset = (_get(config, k) for k in ("method", "prompts.path", "dataset.name"))
+        if method in PROMPTED_METHODS and path == "" and isinstance(dataset, str):
+            from aape_jax.data import toyworld as toyworld_data
+
+            if dataset != "synthetic" and dataset not in toyworld_data.TASKS:
+                out.append(f"config.prompts.path is '' (method {method!r} needs a CuPL-format JSON of class "
+                           f"descriptions for dataset {dataset!r}; only 'synthetic' and the toy-world tasks "
+                           "generate their own)")
+    return out
+
+
+def validate(config: Any, device_count: int | None = None) -> None:
+    """Raises `ConfigError` naming every bad field and its value (see `problems`)."""
+    found = problems(config, device_count)
+    if found:
+        raise ConfigError("; ".join(found),
+                          hint="fix the named field(s), e.g. --config.batch_size=32 (experiments/common.py "
+                               "documents every field)")
+
+
+# ------------------------------------------------------------------ resume
+
+
+class ConfigDriftError(ConfigError):
+    """The workdir's checkpoints or metrics were made with a config that differs in `changes`.
+
+    Attributes:
+      changes: `(field, recorded value, new value)` of every changed field.
+    """
+
+    hint = ("use a new --workdir for the new config, or add --config.resume_with_changes=true to continue "
+            "from this workdir's checkpoints with the new values (the change is recorded in its config.json)")
+
+    def __init__(self, message: str, changes: list[tuple[str, Any, Any]]):
+        super().__init__(message)
+        self.changes = changes
+
+
+def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], tree
+
+
+def _ignored(field: str) -> bool:
+    return any(field == f or field.startswith(f + ".") for f in IGNORED_ON_RESUME)
+
+
+def changed_fields(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """`(field, recorded, current)` of the fields that differ, outside `IGNORED_ON_RESUME`.
+
+    Values are compared after a JSON round trip (as config.json stores them);
+    a field on one side only is a change (`_ABSENT` on the other).
+    """
+    old = dict(_leaves(json.loads(json.dumps(recorded))))
+    new = dict(_leaves(json.loads(json.dumps(current))))
+    out = []
+    for field in sorted(set(old) | set(new)):
+        a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
+        if _ignored(field) or (a is not _ABSENT and b is not _ABSENT and a == b
+                               and isinstance(a, bool) == isinstance(b, bool)):  # 1 == 1.0, but not True
+            continue
+        out.append((field, a, b))
+    return out
+
+
+def _results_in(workdir: str) -> list[str]:
+    """What in `workdir` was made with its recorded config: "checkpoints" and/or "metrics"."""
+    found = []
+    ckpts = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts)):
+        found.append("checkpoints")
+    if os.path.isfile(os.path.join(workdir, METRICS_FILE)):
+        found.append("metrics")
+    return found
+
+
+def latest_checkpoint_step(workdir: str) -> int | None:
+    ckpts = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
+    return max(steps) if steps else None
+
+
+def _jsonable(v: Any) -> Any:
+    return None if v is _ABSENT else v
+
+
+def resume_record(config: Any, workdir: str, git: str) -> dict:
+    """The `config.json` payload for this run: `{"config", "git", "history"}`.
+
+    Raises:
+      ConfigDriftError: `workdir` holds checkpoints or metrics made with a
+        config that differs outside `IGNORED_ON_RESUME` (or whose config.json
+        is missing or unreadable), and `config.resume_with_changes` is not
+        true. The first line of the message lists the changes.
+    """
+    current = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    record = {"config": current, "git": git, "history": []}
+    results = _results_in(workdir)
+    if not results:
+        return record  # nothing was made with an earlier config (or there was none)
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
+            raise ValueError("no 'config' object in it")
+    except (OSError, ValueError) as e:
+        previous = None
+        unreadable = f"{path} is missing or unreadable ({type(e).__name__}: {e})"
+    what = " and ".join(results)
+    if previous is None:
+        changes: list[tuple[str, Any, Any]] = []
+        first = f"{workdir} holds {what}, but {unreadable}: cannot tell which config they were made with"
+        previous = {}
+    else:
+        changes = changed_fields(previous["config"], current)
+        if not changes:
+            record["history"] = list(previous.get("history") or [])
+            return record
+        shown = "; ".join(f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes[:8])
+        more = f"; and {len(changes) - 8} more" if len(changes) > 8 else ""
+        first = f"{workdir} holds {what} made with a different config; changed: {shown}{more}"
+    if _get(config, "resume_with_changes") is not True:
+        details = "".join(f"\n  config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes)
+        raise ConfigDriftError(first + details, changes)
+    record["history"] = list(previous.get("history") or [])
+    record["history"].append({
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from_step": latest_checkpoint_step(workdir),
+        "previous_git": previous.get("git"), "git": git,
+        "changes": {f: [_jsonable(a), _jsonable(b)] for f, a, b in changes} if previous else None,
+    })
+    logging.warning("resuming %s with a changed config (config.resume_with_changes): %s", workdir,
+                    "; ".join(f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes) or "unrecorded")
+    return record
