@@ -464,7 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # Zero-shot CLIP with the same template on the same images: the reference every method must beat.
         zeroshot = methods.build(_zeroshot_config(config), model_clip, store, train_names, prompts_of)
         reference = evaluate_protocol(config, zeroshot, None, model_clip, store, evaluations, mesh)
-        metrics["zeroshot"] = {k: v for k, v in reference.items() if k.endswith("_acc") or k == "harmonic_mean"}
+        metrics["zeroshot"] = {k: v for k, v in reference.items() if isinstance(v, float)}  # not per class
     metrics.update(
         train_loss=history[-1]["loss"] if history else None, history=history, num_devices=int(mesh.size),
         random_weights=not config.clip,

@@ -72,6 +72,8 @@ def make_config(row: str, task: str, seed: int, runs: str, split: str, lr: float
     if lr is not None:
         config.optim.learning_rate = lr
     config.prompts.max_per_class = descriptions
+    # At 1 and 2 shots there are fewer base images (12 classes x shots) than a batch: one batch per epoch.
+    config.batch_size = min(config.batch_size, shots * len(world.TASK_CLASSES[task]) // 2)
     config.evaluate_split = split
     config.report_zeroshot = False
     config.feature_store = os.path.join(runs, "feature_store")
@@ -151,7 +153,7 @@ def _plot_h(results: dict, path: str) -> None:
 
 def curves(args: argparse.Namespace) -> str:
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {"aape": "aape_prefix", "coop": "coop", "cupl": "cupl"}
+    rows = {"aape": "aape_suffix", "coop": "coop", "cupl": "cupl"}  # AAPE with its default token position
     shot_h = {(m, t, k): _stats([run(r, t, s, args.runs, tag=f"_shots{k}", shots=k)["harmonic_mean"]
                                  for s in seeds])
               for m, r in rows.items() for t in world.TASKS for k in SHOTS}
