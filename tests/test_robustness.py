@@ -211,10 +211,16 @@ def test_zeroshot_bad_clip_is_one_line_and_verbose_has_the_traceback(tmp_path, p
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_sweep_os_error_is_one_line(tmp_path):
+def _fake_repo(tmp_path):
+    """A repository root with the one config file the sweep checks for."""
     root = tmp_path / "repo"
     (root / "experiments").mkdir(parents=True)
     (root / "experiments" / "aape_base2new.py").write_text("")
+    return root
+
+
+def test_sweep_os_error_is_one_line(tmp_path):
+    root = _fake_repo(tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--root", str(root), "--runs",
                            str(tmp_path / "runs"), "--methods", "aape", "--datasets", "dtd", "--seeds", "1",
                            "--python", str(tmp_path / "no" / "python")], capture_output=True, text=True, timeout=60)
@@ -339,9 +345,7 @@ def test_classifier_empty_input_and_no_read_only_warning(workdir, absl_log):
 
 
 def test_sweep_extra_takes_any_string_and_config_args_pass_through(tmp_path):
-    root = tmp_path / "repo"
-    (root / "experiments").mkdir(parents=True)
-    (root / "experiments" / "aape_base2new.py").write_text("")
+    root = _fake_repo(tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"), "--root", str(root), "--runs",
                            str(tmp_path / "runs"), "--methods", "aape", "--datasets", "synthetic", "--seeds", "1",
                            "--extra", "--config.clip=/x --config.num_epochs=2", "--extra", "--config.seed_note=-1",
