@@ -406,8 +406,3 @@ def pretraining_pool(num_scenes: int, seed: int = 0, size: int = IMAGE_SIZE, cap
         groups[i] = keys.setdefault(content_key(scene), len(keys))
     return images, captions, groups
 
-
-def class_prompts(template: str = "a photo of a {}.") -> list[str]:
-    """The zero-shot prompt of every class in :data:`CLASSES`."""
-    return [template.format(f"{c} {s}") for c, s in CLASSES]
-
