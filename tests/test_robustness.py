@@ -144,9 +144,11 @@ def test_classifier_skips_undecodable_images_by_path(classifier, photos, absl_lo
 
 def test_main_missing_dataset_root_is_one_line_exit_2(tmp_path):
     workdir = tmp_path / "w"
+    prompts = tmp_path / "caltech101.json"  # a prompt file is asked for before the data is looked at
+    prompts.write_text(json.dumps({"face": ["a face."]}))
     cmd = [sys.executable, "-m", "aape_jax.main", "--config", "experiments/aape_base2new.py:runlocal",
            "--config.dataset.name=caltech101", f"--config.dataset.root={tmp_path / 'nodata'}",
-           "--workdir", str(workdir)]
+           f"--config.prompts.path={prompts}", "--workdir", str(workdir)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
