@@ -4,8 +4,8 @@
 
 (The method table and scaling curves in this world: `launch/toyworld_table.py`.)
 
-`pretrain` trains the project's Flax CLIP (width 96, 2 layers per tower, 32-px
-images, patch 8, the real 49,408-token CLIP vocabulary; 1,500 AdamW steps of 128 pairs) contrastively on
+`pretrain` trains the project's Flax CLIP (width 64, 2 layers per tower, 32-px
+images, patch 8, the real 49,408-token CLIP vocabulary; 1,800 AdamW steps of 128 pairs) contrastively on
 captioned scenes of `aape_jax.data.toyworld`, writes a Hugging Face-format
 checkpoint, scores zero-shot top-1 with "a photo of a {colour} {shape}." over
 the 48 colour x shape classes on held-out images, and prints that as the last
@@ -41,13 +41,13 @@ from aape_jax.clip.tokenizer import Tokenizer
 from aape_jax.data import toyworld as world
 
 GEOMETRY = CLIPConfig(
-    text=TextConfig(vocab_size=49408, hidden_size=96, intermediate_size=384, num_layers=2, num_heads=4,
+    text=TextConfig(vocab_size=49408, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
                     context_length=24, eot_token_id=49407),
-    vision=VisionConfig(hidden_size=96, intermediate_size=384, num_layers=2, num_heads=4,
+    vision=VisionConfig(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
                         image_size=world.IMAGE_SIZE, patch_size=8),
     projection_dim=64,
 )
-OPTIM = PretrainConfig(steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=50, weight_decay=0.05, seed=0)
+OPTIM = PretrainConfig(steps=1800, batch_size=128, learning_rate=4e-3, warmup_steps=50, weight_decay=0.05, seed=0)
 POOL_SCENES = 20000  # rendered once per pretraining; each has two captions
 HELDOUT_PER_CLASS = 20  # held-out zero-shot images per colour x shape class
 ZERO_SHOT_TEMPLATE = "a photo of a {}."

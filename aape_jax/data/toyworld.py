@@ -37,6 +37,9 @@ import json
 import math
 import os
 import pathlib
+import pickle
+import subprocess
+import sys
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
@@ -390,19 +393,59 @@ def content_key(scene: Scene) -> tuple:
     return tuple(sorted((o.color, o.shape) for o in scene))
 
 
-def pretraining_pool(num_scenes: int, seed: int = 0, size: int = IMAGE_SIZE, captions_per_scene: int = 2
-                     ) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+def _pool_part(seed: int, start: int, stop: int, size: int, captions_per_scene: int
+               ) -> list[tuple[np.ndarray, list[str], tuple]]:
+    """Pretraining scenes start..stop-1, each from its own seed: (image, captions, content key)."""
+    out = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, _STREAMS["pretrain"], i])
+        scene = sample_scene(rng)
+        image = render_scene(scene, rng, size)
+        out.append((image, [caption(scene, rng) for _ in range(captions_per_scene)], content_key(scene)))
+    return out
+
+
+def _pool_part_to_stdout(*args: int) -> None:
+    """Entry point of a rendering subprocess: `_pool_part(*args)`, pickled to stdout."""
+    pickle.dump(_pool_part(*args), sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _env_importing_this_package() -> dict[str, str]:
+    """The environment, with this checkout first on PYTHONPATH (it may be imported from a path, not installed)."""
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+
+
+def pretraining_pool(num_scenes: int, seed: int = 0, size: int = IMAGE_SIZE, captions_per_scene: int = 2,
+                     workers: int | None = None) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
     """Scenes for pretraining: images uint8 [N, size, size, 3], each scene's captions, and content
-    groups int [N] (scenes with equal :func:`content_key`)."""
+    groups int [N] (scenes with equal :func:`content_key`).
+
+    Rendered by `workers` processes (default: one per available core): this one and
+    `workers - 1` subprocesses. Every scene has its own seed, so the pool is the
+    same whatever the number of workers.
+    """
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), num_scenes // 1000))
+    bounds = np.linspace(0, num_scenes, workers + 1).astype(int)
+    # Plain subprocesses rather than multiprocessing: spawn would re-import the caller's main
+    # script, and fork would copy JAX's threads (the caller may be mid-training).
+    children = [subprocess.Popen(
+        [sys.executable, "-c", "import sys; from aape_jax.data.toyworld import _pool_part_to_stdout as f; "
+         "f(*map(int, sys.argv[1:]))", *map(str, (seed, lo, hi, size, captions_per_scene))],
+        stdout=subprocess.PIPE, env=_env_importing_this_package()) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    parts = [_pool_part(seed, 0, int(bounds[1]), size, captions_per_scene)]
+    for child in children:
+        out, _ = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"a pretraining-pool rendering subprocess failed (exit {child.returncode}); "
+                               "its error is printed above")
+        parts.append(pickle.loads(out))
     images = np.empty((num_scenes, size, size, 3), np.uint8)
     captions: list[list[str]] = []
     keys: dict[tuple, int] = {}
     groups = np.empty(num_scenes, np.int64)
-    for i in range(num_scenes):
-        rng = np.random.default_rng([seed, _STREAMS["pretrain"], i])
-        scene = sample_scene(rng)
-        images[i] = render_scene(scene, rng, size)
-        captions.append([caption(scene, rng) for _ in range(captions_per_scene)])
-        groups[i] = keys.setdefault(content_key(scene), len(keys))
+    for i, (image, scene_captions, key) in enumerate(x for part in parts for x in part):
+        images[i] = image
+        captions.append(scene_captions)
+        groups[i] = keys.setdefault(key, len(keys))
     return images, captions, groups
-
