@@ -4,14 +4,18 @@
     clf = AAPEClassifier.load(workdir)               # or AAPEClassifier.load(workdir, clip="path/or/hub-id")
     probs = clf.predict_proba(images, class_names)   # np.float32 [N, C]
     labels = clf.predict(images, class_names)        # list[str]
+    probs = clf.predict_proba_pixels(clf.clip.preprocess(images), class_names)   # from pixels [N, R, R, 3]
 
     clf.export(class_names, "scores.bin")            # image -> scores, via jax.export
     scores = ExportedClassifier.load("scores.bin")(images)   # no training code needed
 
-Text work (template features or template ids) is cached per class list. An
-image that cannot be decoded is reported by path and skipped (its row of
-probabilities is NaN, its label None, `clf.skipped` lists it) or, with
-`on_bad_image="fail"`, raises `errors.BadImageError`.
+What depends only on the class list is computed once per class list and
+cached (the `MAX_CLASS_LISTS` most recently used lists): template features and
+ids, and for token runs with `token_position="suffix"` the class prefixes'
+per-layer keys and values, so per image batch only the [AAPE..., EOT]
+positions go through the text tower. An image that cannot be decoded is
+reported by path and skipped (its row of probabilities is NaN, its label None,
+`clf.skipped` lists it) or, with `on_bad_image="fail"`, raises `errors.BadImageError`.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tiny import GEOMETRIES
 from aape_jax.errors import ConfigError
 from aape_jax.models.aape import AAPE, AAPEConfig
-from aape_jax.models.heads import ClassText, template_ids
+from aape_jax.models.heads import ClassPrefixCache, ClassText, class_prefix_cache, template_ids
 from aape_jax.train_step import make_logits_fn
 
 _EXPORT_META = ".json"
+# A suffix run's prefix cache holds every text layer's keys and values for every class (about
+# 0.5 GB for C=1000 on ViT-B/16), so only a few class lists stay cached.
+MAX_CLASS_LISTS = 4
 
 
 def _read_run_config(workdir: str) -> dict:
@@ -130,18 +137,22 @@ class AAPEClassifier:
     template: str
 
     def __post_init__(self) -> None:
-        self._class_text: dict[tuple[str, ...], ClassText] = {}
+        # Per class list, least recently used first: its ClassText and, for suffix token runs, its prefix cache.
+        self._class_lists: dict[tuple[str, ...], tuple[ClassText, ClassPrefixCache | None]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of the images the last call skipped
         module = self.clip.module
         logits_fn = make_logits_fn(self.model, module)
 
-        def probs(params, clip_params, pixels, class_text):
-            z = module.apply({"params": clip_params}, pixels, method=CLIP.encode_image)
-            logits = logits_fn(params, z, class_text, clip_params, clip_params["logit_scale"])
+        def probs(params: Any, clip_params: Any, pixels: jax.Array, class_text: ClassText,
+                  prefix_cache: ClassPrefixCache | None) -> jax.Array:
+            z = module.apply({"params": clip_params}, pixels, method=CLIP.encode_image)  # [B, D]
+            logits = logits_fn(params, z, class_text, clip_params, clip_params["logit_scale"], prefix_cache)
             return jax.nn.softmax(logits, axis=-1)
 
         self._probs = jax.jit(probs)
         self._probs_fn = probs
+        self._build_prefix_cache = jax.jit(lambda class_text, clip_params: class_prefix_cache(
+            class_text, module, clip_params))
 
     @classmethod
     def load(cls, workdir: str | os.PathLike, clip: str | None = None, dtype: Any = None) -> AAPEClassifier:
@@ -173,18 +184,39 @@ class AAPEClassifier:
 
     def class_text(self, class_names: Sequence[str]) -> ClassText:
         """Template features and ids for a class list (cached)."""
+        return self._class_list(class_names)[0]
+
+    def _class_list(self, class_names: Sequence[str]) -> tuple[ClassText, ClassPrefixCache | None]:
+        """The class list's ClassText and, for suffix token runs, its `class_prefix_cache` (cached, LRU)."""
         names = tuple(class_names)
         if not names:
             raise ValueError("no class names given")
-        if names not in self._class_text:
+        entry = self._class_lists.pop(names, None)
+        if entry is None:
+            cfg = self.model.config
             texts = [self.template.format(c) for c in names]
             z = self.clip.encode_text(self.clip.tokenize(texts))
-            ids, eot = template_ids(self.clip.tokenizer, texts, self.model.config.num_tokens)
-            self._class_text[names] = ClassText(
-                features=jnp.asarray(z / np.linalg.norm(z, axis=-1, keepdims=True)),
-                ids=jnp.asarray(ids), eot=jnp.asarray(eot), token_position=self.model.config.token_position,
-            )
-        return self._class_text[names]
+            ids, eot = template_ids(self.clip.tokenizer, texts, cfg.num_tokens)
+            ct = ClassText(features=jnp.asarray(z / np.linalg.norm(z, axis=-1, keepdims=True)),
+                           ids=jnp.asarray(ids), eot=jnp.asarray(eot), token_position=cfg.token_position)
+            suffix = cfg.combine == "token" and cfg.token_position == "suffix"
+            entry = ct, (self._build_prefix_cache(ct, self.clip.params) if suffix else None)
+            if len(self._class_lists) >= MAX_CLASS_LISTS:
+                del self._class_lists[next(iter(self._class_lists))]
+        self._class_lists[names] = entry  # (re)inserted last: the most recently used
+        return entry
+
+    def predict_proba_pixels(self, pixels: np.ndarray | jax.Array, class_names: Sequence[str]) -> np.ndarray:
+        """Class probabilities np.float32 [B, C] for preprocessed pixels [B, R, R, 3] (`self.clip.preprocess`).
+
+        The scoring `predict_proba` runs per batch: jitted (one compilation per
+        batch size), with the class list's cached text work.
+        """
+        r = self.clip.config.vision.image_size
+        if np.ndim(pixels) != 4 or tuple(np.shape(pixels)[1:]) != (r, r, 3):
+            raise ValueError(f"expected preprocessed pixels [B, {r}, {r}, 3], got shape {np.shape(pixels)}")
+        class_text, prefix_cache = self._class_list(class_names)
+        return np.asarray(self._probs(self.params, self.clip.params, pixels, class_text, prefix_cache))
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike], class_names: Sequence[str],
                       batch_size: int = 32, on_bad_image: str = "skip") -> np.ndarray:
@@ -195,9 +227,9 @@ class AAPEClassifier:
         last call), or raises `errors.BadImageError` (`"fail"`). No images
         give an empty [0, C] array.
         """
-        ct = self.class_text(class_names)
+        num_classes = self.class_text(class_names).num_classes
         items = list(images) if isinstance(images, (list, tuple)) else [images]
-        out = np.full((len(items), len(ct.features)), np.nan, dtype=np.float32)
+        out = np.full((len(items), num_classes), np.nan, dtype=np.float32)
         self.skipped = []
         for start in range(0, len(items), batch_size):
             pixels, good, bad = zeroshot.preprocess_each(self.clip.preprocess, items[start : start + batch_size],
@@ -207,7 +239,7 @@ class AAPEClassifier:
                 continue
             n = len(pixels)
             padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - n, axis=0)])  # one compile
-            out[[start + j for j in good]] = np.asarray(self._probs(self.params, self.clip.params, padded, ct))[:n]
+            out[[start + j for j in good]] = self.predict_proba_pixels(padded, class_names)[:n]
         if self.skipped:
             logging.warning("AAPEClassifier: skipped %d of %d image(s) that cannot be decoded: %s", len(self.skipped),
                             len(items), ", ".join(path for path, _ in self.skipped))
@@ -222,12 +254,13 @@ class AAPEClassifier:
     def export(self, class_names: Sequence[str], path: str | os.PathLike) -> None:
         """Serialises image pixels [b, R, R, 3] -> probabilities [b, C] with `jax.export`.
 
-        Weights and the class list are baked in; `path` gets the StableHLO
+        Weights and the class list's cached text work (for suffix token runs,
+        its prefix cache) are baked in as constants; `path` gets the StableHLO
         artifact and `path + ".json"` the class names and preprocessing.
         """
-        ct = self.class_text(class_names)
+        class_text, prefix_cache = self._class_list(class_names)
         r = self.clip.config.vision.image_size
-        fn = jax.jit(lambda pixels: self._probs_fn(self.params, self.clip.params, pixels, ct))
+        fn = jax.jit(lambda pixels: self._probs_fn(self.params, self.clip.params, pixels, class_text, prefix_cache))
         (b,) = jax.export.symbolic_shape("b")
         exported = jax.export.export(fn)(jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32))
         path = os.fspath(path)

@@ -20,7 +20,7 @@ import optax
 from aape_jax import losses
 from aape_jax.clip.model import CLIP
 from aape_jax.models.aape import AAPE
-from aape_jax.models.heads import ClassText, class_logits, class_weights, l2_normalize
+from aape_jax.models.heads import ClassPrefixCache, ClassText, class_logits, class_weights, l2_normalize
 
 Batch = dict[str, jax.Array]  # features [B, D], labels [B], prompt_rows [B], index [B]
 
@@ -151,15 +151,18 @@ def make_train_step(
 def make_logits_fn(model: AAPE, clip_module: CLIP) -> Callable[[Any, jax.Array, ClassText, Any, jax.Array], jax.Array]:
     """Returns the pure inference `logits(params, image_features, class_text, clip_params, logit_scale) -> [B, C]`.
 
-    Only the generator and head run: no aggregator, no prompts.
+    Only the generator and head run: no aggregator, no prompts. For `suffix`
+    token runs, `prefix_cache=` takes the classes' precomputed
+    `class_prefix_cache` (else it is computed inside, per call).
     """
 
     def logits_fn(params: Any, image_features: jax.Array, class_text: ClassText, clip_params: Any,
-                  logit_scale: jax.Array) -> jax.Array:
+                  logit_scale: jax.Array, prefix_cache: ClassPrefixCache | None = None) -> jax.Array:
         variables = {"params": params}
         aape = model.apply(variables, l2_normalize(image_features), method=AAPE.generate)
         head_out = model.apply(variables, aape, method=AAPE.project)
-        w = class_weights(model.config.combine, head_out, class_text, clip_module, clip_params)
+        w = class_weights(model.config.combine, head_out, class_text, clip_module, clip_params,
+                          prefix_cache=prefix_cache)
         return class_logits(image_features, w, logit_scale)
 
     return logits_fn
