@@ -153,7 +153,7 @@ def _plot_h(results: dict, path: str) -> None:
 
 def curves(args: argparse.Namespace) -> str:
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {"aape": "aape_suffix", "coop": "coop", "cupl": "cupl"}  # AAPE with its default token position
+    rows = {"aape": "aape_prefix", "coop": "coop", "cupl": "cupl"}  # AAPE with its default token position
     shot_h = {(m, t, k): _stats([run(r, t, s, args.runs, tag=f"_shots{k}", shots=k)["harmonic_mean"]
                                  for s in seeds])
               for m, r in rows.items() for t in world.TASKS for k in SHOTS}

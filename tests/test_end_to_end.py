@@ -223,13 +223,13 @@ def test_feature_cache_of_another_checkpoint_is_not_used(store, tmp_path):
                                                 axis=-1, keepdims=True), atol=1e-6)
 
 
-def test_prefix_token_position_end_to_end(store, tmp_path):
-    # The default is "suffix" (the other tests); "prefix" runs the whole sequence per (image, class).
-    metrics = train.train_and_evaluate(_config(store, **{"model.token_position": "prefix", "num_epochs": 3}),
+def test_suffix_token_position_end_to_end(store, tmp_path):
+    # The default is "prefix" (the other tests); "suffix" runs each class prefix once (K/V cache).
+    metrics = train.train_and_evaluate(_config(store, **{"model.token_position": "suffix", "num_epochs": 3}),
                                        str(tmp_path))
     assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
     clf = AAPEClassifier.load(tmp_path)
-    assert clf.class_text(["red circle"]).token_position == "prefix"
+    assert clf.class_text(["red circle"]).token_position == "suffix"
     dataset = train.load_dataset(_config("unused"))
     _, new = protocol.base_new_split(len(dataset.classnames))
     test = protocol.subsample(dataset.test, new)

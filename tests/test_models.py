@@ -453,8 +453,8 @@ def test_prefix_cache_bfloat16_close_to_fp32(tiny_clip):
 
 
 def test_aape_config_token_position():
-    assert AAPEConfig(embed_dim=D, token_width=8).token_position == "suffix"
-    assert AAPEConfig(embed_dim=D, token_width=8, token_position="prefix").token_position == "prefix"
+    assert AAPEConfig(embed_dim=D, token_width=8).token_position == "prefix"
+    assert AAPEConfig(embed_dim=D, token_width=8, token_position="suffix").token_position == "suffix"
     with pytest.raises(ValueError, match="model.token_position"):
         AAPEConfig(embed_dim=D, token_width=8, token_position="middle")
 

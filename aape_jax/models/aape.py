@@ -27,9 +27,9 @@ class AAPEConfig:
       aggregator_hidden: hidden width of the MLP aggregator.
       generator_hidden: bottleneck width of the generator.
       num_tokens: AAPE tokens inserted per image (token mode).
-      token_position: where they go (token mode): "suffix" (before [EOT], class
-        prefixes computed once and cached; the default, see experiments/common.py)
-        or "prefix" (after [SOS]); see
+      token_position: where they go (token mode): "prefix" (after [SOS]; the
+        default, see experiments/common.py) or "suffix" (before [EOT], class
+        prefixes computed once and cached, about 10x faster); see
         `models/heads.py`. Carried to the step by `ClassText.token_position`.
     """
 
@@ -41,7 +41,7 @@ class AAPEConfig:
     aggregator_hidden: int = 512
     generator_hidden: int = 32
     num_tokens: int = 1
-    token_position: str = "suffix"
+    token_position: str = "prefix"
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_MODES:
