@@ -115,3 +115,14 @@ def test_unknown_task_is_an_error():
         world.make_task("toy_nope")
     with pytest.raises(ValueError, match="toy_concepts"):
         world.task_descriptions("toy_nope")
+
+
+def test_pretraining_pool_is_the_same_rendered_by_several_processes():
+    serial = world.pretraining_pool(2400, seed=1, workers=1)
+    parallel = world.pretraining_pool(2400, seed=1, workers=2)  # this process and one subprocess
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    assert parallel[1] == serial[1]
+    np.testing.assert_array_equal(parallel[2], serial[2])
+    for i in (0, 1199, 1200, 2399):  # either side of the split: scene i is drawn from its own seed
+        rng = np.random.default_rng([1, 0, i])
+        np.testing.assert_array_equal(serial[0][i], world.render_scene(world.sample_scene(rng), rng))

@@ -123,3 +123,25 @@ def test_missing_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(toyworld.pathlib.Path, "resolve", lambda self: tmp_path / "a" / "b" / "c")
     with pytest.raises(FileNotFoundError, match="AAPE_CLIP_TOKENIZER_DIR"):
         toyworld.default_tokenizer_dir()
+
+
+def test_pretraining_learns_to_match_images_with_their_captions(shared_data):
+    # A few steps of a tiny CLIP: the contrastive loss must fall far below its start (ln B when
+    # random), which it cannot if the step pairs images with other images' captions.
+    import dataclasses
+
+    from aape_jax.clip.pretrain import PretrainConfig, pretrain, tokenize_captions
+    from aape_jax.clip.preprocess import ImageTransform
+    from aape_jax.clip.tokenizer import Tokenizer
+
+    g = toyworld.GEOMETRY
+    geometry = dataclasses.replace(
+        g, text=dataclasses.replace(g.text, hidden_size=32, intermediate_size=64, num_layers=1),
+        vision=dataclasses.replace(g.vision, hidden_size=32, intermediate_size=64, num_layers=1), projection_dim=32)
+    images, captions, groups = world.pretraining_pool(256, seed=5)
+    tokenizer = Tokenizer.from_dir(str(shared_data / "clip_tokenizer"), g.text.context_length, g.text.vocab_size)
+    opt = PretrainConfig(steps=150, batch_size=32, learning_rate=4e-3, warmup_steps=10)
+    _, losses = pretrain(geometry, images, tokenize_captions(tokenizer, captions), opt,
+                         ImageTransform.openai(g.vision.image_size), groups)
+    assert losses[0] > 0.8 * math.log(32)
+    assert np.mean(losses[-20:]) < 0.6 * losses[0], (losses[0], np.mean(losses[-20:]))
