@@ -126,3 +126,21 @@ def test_pretraining_pool_is_the_same_rendered_by_several_processes():
     for i in (0, 1199, 1200, 2399):  # either side of the split: scene i is drawn from its own seed
         rng = np.random.default_rng([1, 0, i])
         np.testing.assert_array_equal(serial[0][i], world.render_scene(world.sample_scene(rng), rng))
+
+
+def test_pretraining_pool_leaves_no_renderer_running_when_it_fails(monkeypatch):
+    started = []
+    popen = world.subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def failing_part(*args):
+        raise KeyboardInterrupt  # as a Ctrl-C while this process renders its share
+
+    monkeypatch.setattr(world.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(world, "_pool_part", failing_part)
+    with pytest.raises(KeyboardInterrupt):
+        world.pretraining_pool(3000, workers=3)
+    assert len(started) == 2 and all(child.returncode is not None for child in started)

@@ -112,8 +112,8 @@ def pretrain(config: CLIPConfig, images: np.ndarray, caption_ids: np.ndarray, op
         zt = model.apply({"params": p}, ids, method=CLIP.encode_text)  # [B, D]
         return contrastive_loss(zi, zt, p["logit_scale"], batch_groups)
 
-    # The pool lives on the device and the batch is gathered inside the step: gathering
-    # outside it costs three eager dispatches per step, a sixth of the step on a CPU.
+    # The pool lives on the device and the batch is gathered inside the step, which saves
+    # three eager dispatches per step (about 2% of a step on a 2-core CPU).
     @jax.jit
     def step(p, state, pool_images, pool_ids, pool_groups, idx, which):
         pixels = _normalize(pool_images[idx], transform)

@@ -421,9 +421,9 @@ def pretraining_pool(num_scenes: int, seed: int = 0, size: int = IMAGE_SIZE, cap
     """Scenes for pretraining: images uint8 [N, size, size, 3], each scene's captions, and content
     groups int [N] (scenes with equal :func:`content_key`).
 
-    Rendered by `workers` processes (default: one per available core): this one and
-    `workers - 1` subprocesses. Every scene has its own seed, so the pool is the
-    same whatever the number of workers.
+    Rendered by `workers` processes (default: one per available core; at most one
+    per 1,000 scenes): this one and `workers - 1` subprocesses. Every scene has its
+    own seed, so the pool is the same whatever the number of workers.
     """
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), num_scenes // 1000))
     bounds = np.linspace(0, num_scenes, workers + 1).astype(int)
@@ -433,13 +433,19 @@ def pretraining_pool(num_scenes: int, seed: int = 0, size: int = IMAGE_SIZE, cap
         [sys.executable, "-c", "import sys; from aape_jax.data.toyworld import _pool_part_to_stdout as f; "
          "f(*map(int, sys.argv[1:]))", *map(str, (seed, lo, hi, size, captions_per_scene))],
         stdout=subprocess.PIPE, env=_env_importing_this_package()) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    parts = [_pool_part(seed, 0, int(bounds[1]), size, captions_per_scene)]
-    for child in children:
-        out, _ = child.communicate()
-        if child.returncode != 0:
-            raise RuntimeError(f"a pretraining-pool rendering subprocess failed (exit {child.returncode}); "
-                               "its error is printed above")
-        parts.append(pickle.loads(out))
+    try:
+        parts = [_pool_part(seed, 0, int(bounds[1]), size, captions_per_scene)]
+        for child in children:
+            out, _ = child.communicate()
+            if child.returncode != 0:
+                raise RuntimeError(f"a pretraining-pool rendering subprocess failed (exit {child.returncode}); "
+                                   "its error is printed above")
+            parts.append(pickle.loads(out))
+    finally:  # on an error or Ctrl-C here, no renderer outlives the call
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     images = np.empty((num_scenes, size, size, 3), np.uint8)
     captions: list[list[str]] = []
     keys: dict[tuple, int] = {}
