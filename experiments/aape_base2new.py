@@ -28,7 +28,7 @@ PromptSRC 84.26/76.10/79.97 (PromptSRC README; ProText paper).
 
 Choices where the paper is silent (all config fields below): one cross-
 attention layer as aggregator; a D -> D/16 -> D generator; the AAPE inserted as
-one token before [EOT] of "a photo of a {}." (`model.token_position`, see
+one token right after [SOS] of "a photo of a {}." (`model.token_position`, see
 common.py); CoCoOp's optimisation
 (SGD, lr 0.002, batch 1 in CoCoOp; we use batch 32 with K=8 precomputed
 augmented views per image); lambda = 1 (the paper reports robustness to it).
