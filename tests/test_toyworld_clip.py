@@ -1,5 +1,6 @@
 """The toy world's pretrained CLIP: a real HF checkpoint, far above chance zero-shot, also on plain drawings."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -13,6 +14,9 @@ import torch
 from transformers import CLIPModel
 
 from aape_jax import clip, toyworld
+from aape_jax.clip.preprocess import ImageTransform
+from aape_jax.clip.pretrain import PretrainConfig, pretrain, tokenize_captions
+from aape_jax.clip.tokenizer import Tokenizer
 from aape_jax.data import toyworld as world
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -128,12 +132,6 @@ def test_missing_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
 def test_pretraining_learns_to_match_images_with_their_captions(shared_data):
     # A few steps of a tiny CLIP: the contrastive loss must fall far below its start (ln B when
     # random), which it cannot if the step pairs images with other images' captions.
-    import dataclasses
-
-    from aape_jax.clip.pretrain import PretrainConfig, pretrain, tokenize_captions
-    from aape_jax.clip.preprocess import ImageTransform
-    from aape_jax.clip.tokenizer import Tokenizer
-
     g = toyworld.GEOMETRY
     geometry = dataclasses.replace(
         g, text=dataclasses.replace(g.text, hidden_size=32, intermediate_size=64, num_layers=1),
