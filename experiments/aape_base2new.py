@@ -21,15 +21,15 @@ Pipeline check in seconds (tiny random CLIP, synthetic images; accuracies mean n
 Arguments (comma-separated, `key=value`): dataset, shots, seed, combine
 (token|feature), aggregator (attention|mean|random|mlp), runlocal, toyworld.
 
-Expected numbers: AAPE's own base/new/H are not reachable here (DESIGN §5).
+Expected numbers: AAPE's own base/new/H are not reachable here.
 Compare with the published 11-dataset averages (ViT-B/16, Base/New/H):
 CoCoOp 80.47/71.69/75.83, KgCoOp 80.73/73.60/77.00, CuPL 72.56/74.22/73.38,
 PromptSRC 84.26/76.10/79.97 (PromptSRC README; ProText paper).
 
-Choices where the paper is silent (all config fields below): one cross-
-attention layer as aggregator; a D -> D/16 -> D generator; the AAPE inserted as
-one token right after [SOS] of "a photo of a {}." (`model.token_position`, see
-common.py); CoCoOp's optimisation
+Choices where the paper is silent (all config fields, in
+aape_jax/configs/classification.py): one cross-attention layer as aggregator; a
+D -> D/16 -> D generator; the AAPE inserted as one token right after [SOS] of
+"a photo of a {}." (`model.token_position`); CoCoOp's optimisation
 (SGD, lr 0.002, batch 1 in CoCoOp; we use batch 32 with K=8 precomputed
 augmented views per image); lambda = 1 (the paper reports robustness to it).
 """
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
+from aape_jax.configs import classification
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    return common.base2new(arg, "aape")
+    return classification.base2new(arg, "aape")

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
+from aape_jax.configs import classification
 
 TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101", "fgvc_aircraft", "sun397",
            "dtd", "eurosat", "ucf101"]
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    runlocal = "runlocal" in (arg or "")
-    config = common.base2new(arg if runlocal else f"dataset=imagenet,{arg}", "aape")
-    config.protocol = "transfer"
-    config.transfer_targets = ["synthetic"] if runlocal else TARGETS
-    return config
+    return classification.transfer(arg, "aape", TARGETS)

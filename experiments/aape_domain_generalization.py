@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
+from aape_jax.configs import classification
+
+TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    runlocal = "runlocal" in (arg or "")
-    config = common.base2new(arg if runlocal else f"dataset=imagenet,{arg}", "aape")
-    config.protocol = "transfer"
-    config.transfer_targets = ["synthetic"] if runlocal else ["imagenet_v2", "imagenet_sketch", "imagenet_a",
-                                                              "imagenet_r"]
-    return config
+    return classification.transfer(arg, "aape", TARGETS)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
+from aape_jax.configs import classification
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    config = common.base2new(arg, "aape")
+    config = classification.base2new(arg, "aape")
     config.protocol = "fewshot"
     return config

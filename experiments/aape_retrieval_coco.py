@@ -37,16 +37,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import aape_retrieval as base
-
+from aape_jax.configs import retrieval
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = base.parse_args(arg, {"flickr_root", "source", "score", "aggregator", "seed"})
-    flickr_root = str(args.pop("flickr_root", ""))
-    rest = ",".join(k if v is True else f"{k}={v}" for k, v in args.items())
-    config = base.get_config(",".join(filter(None, ["dataset=coco", rest])))
-    if flickr_root:
-        config.eval.flickr30k_1k = base.data_spec("flickr30k", "test", max_captions=5)
-        config.eval.flickr30k_1k.root = flickr_root
+    args = retrieval.parse_args(arg, ("source", "score", "aggregator", "seed"), flickr_root="")
+    config = retrieval.build(args, dataset="coco")
+    if args.flickr_root:
+        config.eval.flickr30k_1k = retrieval.data_spec("flickr30k", "test", max_captions=5)
+        config.eval.flickr30k_1k.root = args.flickr_root
     return config

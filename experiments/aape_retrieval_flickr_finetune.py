@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import aape_retrieval as base
-
+from aape_jax.configs import retrieval
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = base.parse_args(arg, {"score", "aggregator", "seed"})
-    rest = ",".join(f"{k}={v}" for k, v in args.items())
-    config = base.get_config(",".join(filter(None, ["dataset=flickr30k", rest])))
+    config = retrieval.build(retrieval.parse_args(arg, ("score", "aggregator", "seed")), dataset="flickr30k")
     config.optim.learning_rate = 2e-4  # fine-tuning: a smaller peak than the COCO run's 5e-4
     config.num_epochs = 3
     return config

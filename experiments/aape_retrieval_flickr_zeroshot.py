@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import aape_retrieval as base
-
+from aape_jax.configs import retrieval
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = base.parse_args(arg, {"score", "aggregator", "seed"})
-    rest = ",".join(f"{k}={v}" for k, v in args.items())
-    config = base.get_config(",".join(filter(None, ["dataset=coco", rest])))  # the COCO run's model and optimizer
+    # The COCO run's model and optimizer, for the restore of its checkpoint.
+    config = retrieval.build(retrieval.parse_args(arg, ("score", "aggregator", "seed")), dataset="coco")
     config.eval = ml_collections.ConfigDict()
-    config.eval.flickr30k_1k = base.data_spec("flickr30k", "test", max_captions=5)
+    config.eval.flickr30k_1k = retrieval.data_spec("flickr30k", "test", max_captions=5)
     config.eval_primary = "flickr30k_1k"
     config.num_epochs = 0  # evaluate `init` without training
     return config

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
+from aape_jax.configs import classification
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    config = common.base2new(arg, "coop")
-    return config
+    return classification.base2new(arg, "coop")

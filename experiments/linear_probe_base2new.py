@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
+from aape_jax.configs import classification
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    config = common.base2new(arg, "linear_probe")
+    config = classification.base2new(arg, "linear_probe")
     config.optim.name = "adamw"
     config.optim.learning_rate = 0.01
     config.optim.weight_decay = 1e-4

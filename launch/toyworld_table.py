@@ -13,7 +13,7 @@ metrics.json exists) is read, not rerun, so an interrupted command continues whe
 * `select`: every trained method (linear probe, CoOp, CoCoOp, KgCoOp, AAPE) with each learning rate
   of `LR_GRID` (the same four for all), seed 1, both tasks, scored on the base classes of the
   validation split; prints, per method, the rate with the best mean over both tasks, as the dict
-  that `experiments/common.py` keeps in `TOY_LEARNING_RATES` (AAPE's variants use AAPE's).
+  that `aape_jax/configs/classification.py` keeps in `TOY_LEARNING_RATES` (AAPE's variants use AAPE's).
 * `table`: the rows of `ROWS` on both tasks over the seeds, on the test split; writes
   RUNS/toyworld_table.md (Base / New / H, mean ± std) and RUNS/toyworld_h.png.
 * `curves`: H against shots per class (1, 2, 4, 8, 16) for AAPE, CoOp and CuPL, and H against
@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from aape_jax.configs import classification  # noqa: E402
 from aape_jax.data import toyworld as world  # noqa: E402
 
 LR_GRID = (0.002, 0.01, 0.05, 0.2)
@@ -64,10 +65,8 @@ ROWS: dict[str, tuple[str, dict]] = {
 
 def make_config(row: str, task: str, seed: int, runs: str, split: str, lr: float | None = None,
                 shots: int = 16, descriptions: int = 0) -> ml_collections.ConfigDict:
-    from experiments import common
-
     method, fields = ROWS[row]
-    config = common.base2new(f"toyworld,dataset={task},seed={seed},shots={shots}", method)
+    config = classification.base2new(f"toyworld,dataset={task},seed={seed},shots={shots}", method)
     config.update_from_flattened_dict(fields)
     if lr is not None:
         config.optim.learning_rate = lr
