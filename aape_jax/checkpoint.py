@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 
 from aape_jax import distributed
@@ -39,6 +40,40 @@ class CheckpointError(UserError, RuntimeError):
 
     hint = ("move the damaged step folder(s) away to start from an earlier checkpoint, "
             "or use a new --workdir to start from scratch")
+
+
+class ParamsMismatchError(CheckpointError):
+    """A checkpoint restores, but its trainable tree is not the one the config describes.
+
+    Attributes:
+      expected, got: {key: shape} of the tree asked for and of the checkpoint's.
+    """
+
+    hint = "restore it with the model config (and CLIP) it was trained with, or use a new --workdir"
+
+    def __init__(self, directory: str, step: int, expected: dict[str, tuple[int, ...]],
+                 got: dict[str, tuple[int, ...]]):
+        self.expected, self.got = expected, got
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        parts = ([f"missing {missing[:3]}"] if missing else []) + (
+            [f"unexpected {unexpected[:3]}"] if unexpected else []) + (
+            [f"{k}: {got[k]} in the checkpoint, {expected[k]} expected" for k in shapes[:3]])
+        super().__init__(f"checkpoint step {step} in {directory} does not hold the trainable tree of this "
+                         f"config ({'; '.join(parts)})")
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"a/b/kernel": shape} of every leaf of a pytree of arrays or shape/dtype structs."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): tuple(x.shape) for path, x in flat}
+
+
+def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore arguments for `abstract`'s leaves (shape, dtype, sharding); `partial`: only those."""
+    return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=partial)
 
 
 # --------------------------------------------------------------------------- diagnosis
@@ -160,7 +195,7 @@ class Checkpointer:
         self._set_damaged_aside()
         saved = self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
         )
         if not saved:
             logging.warning("checkpoint step %d was not saved: %s already holds step %s", step, self.directory,
@@ -236,10 +271,33 @@ class Checkpointer:
             expected structure (with `step` None: when no step restores).
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        args = lambda: ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        args = lambda: ocp.args.Composite(state=_pytree_restore(abstract), meta=ocp.args.JsonRestore())
         step, restored = self.restore_latest_complete(args, step)
         logging.info("restored checkpoint step %d from %s", step, self.directory)
         return restored["state"], restored["meta"]
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[int, Any, dict]:
+        """(step, trainable tree, meta) of `step` (default: the newest that restores): of the saved state
+        only `params` are read (no optimizer state, so no optimizer configuration is needed).
+
+        Raises:
+          ParamsMismatchError: the checkpoint's tree differs from `abstract_params`
+            (a pytree of arrays or shape/dtype structs), naming the directory, the
+            step and the keys.
+          CheckpointError: as `restore`.
+        """
+        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+        args = lambda: ocp.args.Composite(state=_pytree_restore(abstract, partial=True), meta=ocp.args.JsonRestore())
+        step, restored = self.restore_latest_complete(args, step)
+        params = restored["state"]["params"]
+        # The saved tree's own shapes: a partial restore leaves keys it does not find as placeholders
+        # and does not read keys nobody asked for, so only the metadata shows both.
+        saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "state")
+        expected, got = tree_shapes(abstract_params), tree_shapes(saved.tree["params"])
+        if expected != got:
+            raise ParamsMismatchError(self.directory, step, expected, got)
+        logging.info("restored the trainable tree of checkpoint step %d from %s", step, self.directory)
+        return step, params, restored["meta"]
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
@@ -248,3 +306,22 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def restore_trainable(workdir: str | os.PathLike, abstract_params: Any) -> tuple[Any, dict]:
+    """(trainable tree, meta) of the newest restorable checkpoint of a training workdir: the one restore path
+    of `config.init`, evaluation without training, retrieval fine-tuning and inference.
+
+    Raises:
+      CheckpointError: the workdir has no checkpoint, none restores, or (`ParamsMismatchError`) the tree
+        differs from `abstract_params`; each names the directory, the step and the keys.
+    """
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint in {directory}", hint="train first, or check the workdir")
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        _, params, meta = ckpt.restore_params(abstract_params)
+    finally:
+        ckpt.close()
+    return params, meta

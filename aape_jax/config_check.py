@@ -2,9 +2,10 @@
 
 `validate(config)`: every numeric field in range, every choice a known one;
 a `ConfigError` names each bad field and its value (`config.batch_size is -4
-(must be > 0)`). Written for the classification configs (experiments/common.py);
-the fields a retrieval config shares with them, and its own, are checked the
-same way (`config.task` picks the rules; absent fields are skipped).
+(must be > 0)`). The fields both tasks share (`aape_jax/configs/trainer.py`)
+and each task's own (`aape_jax/configs/classification.py`, `retrieval.py`)
+are checked the same way (`config.task` picks the rules; absent fields are
+skipped).
 
 `resume_record(config, workdir, git)`: a workdir records the config its
 checkpoints and metrics were made with (`config.json`). A rerun whose config
@@ -132,8 +133,7 @@ def _common_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
 def _classification_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
     from aape_jax.data.datasets import SOURCES
     from aape_jax.methods import METHODS
-    from aape_jax.models.aape import COMBINE_MODES
-    from aape_jax.models.heads import TOKEN_POSITIONS
+    from aape_jax.models.heads import COMBINE_MODES, TOKEN_POSITIONS
 
     return [
         ("method", _choice(METHODS)), ("protocol", _choice(PROTOCOLS)),
@@ -212,6 +212,11 @@ def _cross_field_problems(config: Any, task: str, device_count: int | None, bad:
     if "config.init" not in bad and isinstance(init, str) and init and not os.path.isdir(
             os.path.join(init, "checkpoints")):
         out.append(f"config.init is {init!r} (no checkpoints/ folder there: it must be the workdir of a run)")
+    if task == "retrieval":
+        primary, sets = _get(config, "eval_primary"), _get(config, "eval")
+        if primary is not _ABSENT and sets is not _ABSENT and primary not in sets:
+            out.append(f"config.eval_primary is {_fmt(primary)} (not one of the sets of config.eval: "
+                       f"{sorted(sets)})")
     if task == "classification":
         method, path, dataset = (_get(config, k) for k in ("method", "prompts.path", "dataset.name"))
         if method in PROMPTED_METHODS and path == "" and isinstance(dataset, str):
@@ -229,7 +234,7 @@ def validate(config: Any, device_count: int | None = None) -> None:
     found = problems(config, device_count)
     if found:
         raise ConfigError("; ".join(found),
-                          hint="fix the named field(s), e.g. --config.batch_size=32 (experiments/common.py "
+                          hint="fix the named field(s), e.g. --config.batch_size=32 (aape_jax/configs/ "
                                "documents every field)")
 
 

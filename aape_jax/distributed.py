@@ -80,7 +80,7 @@ def process_shard(n: int) -> slice:
 
 
 class PreemptionWatcher:
-    """Turns SIGTERM and a first SIGINT (Ctrl-C) into a request to checkpoint at the next step boundary.
+    """Turns SIGTERM and a first SIGINT (Ctrl-C) into a request to checkpoint at the trainer's next poll.
 
     Cloud TPU VMs and Slurm (`--signal=TERM@...`) send SIGTERM before they take
     the machine away; every process then agrees (`any_process`) to save the
@@ -108,7 +108,7 @@ class PreemptionWatcher:
         if self.signum is None:
             self.signum = signum
         hint = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
-        logging.warning("received %s: will checkpoint at the next step boundary and exit%s",
+        logging.warning("received %s: will checkpoint at the next metrics fetch and exit%s",
                         signal.Signals(signum).name, hint)
 
     def __enter__(self) -> PreemptionWatcher:
@@ -136,7 +136,7 @@ class PreemptionWatcher:
         return "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else "preempted"
 
     def should_stop(self) -> bool:
-        """Agreed across processes; call at every step boundary."""
+        """Agreed across processes (a collective on several): call it at points every process reaches."""
         return any_process(self.requested)
 
 

@@ -16,6 +16,12 @@ per-layer keys and values, so per image batch only the [AAPE..., EOT]
 positions go through the text tower. An image that cannot be decoded is
 reported by path and skipped (its row of probabilities is NaN, its label None,
 `clf.skipped` lists it) or, with `on_bad_image="fail"`, raises `errors.BadImageError`.
+
+`load` reads only the trainable tree of the newest restorable checkpoint
+(`checkpoint.restore_trainable`, the path training's `config.init` takes too).
+A tree that does not fit the run's `config.model` is a `CheckpointError`
+naming the directory, the step and the keys; one trained on a CLIP of another
+geometry than `clip=` is a `ConfigError` naming both geometries.
 """
 
 from __future__ import annotations
@@ -29,19 +35,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from aape_jax import clip as clip_lib
 from aape_jax import toyworld, zeroshot
-from aape_jax.checkpoint import CheckpointError, Checkpointer
+from aape_jax.checkpoint import ParamsMismatchError, restore_trainable
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.model import CLIP
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tiny import GEOMETRIES
 from aape_jax.errors import ConfigError
-from aape_jax.models.aape import AAPE, AAPEConfig
-from aape_jax.models.heads import ClassPrefixCache, ClassText, class_prefix_cache, template_ids
+from aape_jax.data.text_features import class_text
+from aape_jax.models.aape import AAPE, aape_config
+from aape_jax.models.heads import ClassPrefixCache, ClassText
+from aape_jax.numerics import padded_batches
 from aape_jax.train_step import make_logits_fn
 
 _EXPORT_META = ".json"
@@ -59,19 +66,6 @@ def _read_run_config(workdir: str) -> dict:
         return json.load(f)["config"]
 
 
-def _restore_params(workdir: str) -> Any:
-    """The trainable tree of the workdir's newest restorable checkpoint (no optimizer config needed)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"no checkpoint in {directory}", hint="train first, or check the workdir")
-    ckpt = Checkpointer(directory, read_only=True)
-    try:
-        _, restored = ckpt.restore_latest_complete(lambda: ocp.args.Composite(state=ocp.args.StandardRestore()))
-    finally:
-        ckpt.close()
-    return restored["state"]["params"]
-
-
 def _geometry(projection_dim: int, text_width: int) -> str:
     """'projection_dim D, text width W', with the name of a known geometry that has them."""
     names = [n for n, g in GEOMETRIES.items() if (g.projection_dim, g.text.hidden_size) == (projection_dim,
@@ -79,45 +73,22 @@ def _geometry(projection_dim: int, text_width: int) -> str:
     return f"projection_dim {projection_dim}, text width {text_width}" + (f" ({names[0]})" if names else "")
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(x)) for path, x in flat}
-
-
-def _check_geometry(workdir: str, config: dict, params: Any, frozen: FrozenCLIP, clip_source: str) -> None:
-    """A clear error when the checkpoint was trained on a CLIP of another geometry than `frozen`."""
-    token = config["model"]["combine"] == "token"
-    try:
-        d_run = params["generator"]["linear2"]["kernel"].shape[-1]
-        w_run = params["head"]["proj"]["kernel"].shape[-1] if token else None
-    except (KeyError, TypeError, IndexError):
-        return  # not the expected tree at all: `_check_tree` names what differs
+def _check_geometry(workdir: str, config: dict, saved: dict[str, tuple[int, ...]], frozen: FrozenCLIP,
+                    clip_source: str, token_head: bool) -> None:
+    """A clear error when the checkpoint (its tree's shapes `saved`) was trained on a CLIP of another
+    geometry than `frozen`."""
+    head = saved.get("head/proj/kernel")
+    d_run = saved.get("generator/linear2/kernel", (None,))[-1]
+    w_run = head[-1] if head is not None and token_head else None
     d_clip, w_clip = frozen.config.projection_dim, frozen.config.text.hidden_size
-    if d_run != d_clip or (token and w_run != w_clip):
-        trained = config["clip"] or f"the random {config.get('random_clip_geometry', 'tiny')} CLIP in {workdir}"
-        run_geometry = _geometry(d_run, w_run) if token else f"projection_dim {d_run}"
-        raise ConfigError(
-            f"clip={clip_source!r} has geometry {_geometry(d_clip, w_clip)}, but the run in {workdir} was "
-            f"trained on {trained} with geometry {run_geometry}",
-            hint="load it with the CLIP it was trained on (leave clip= unset to use the run's config.clip)")
-
-
-def _check_tree(workdir: str, params: Any, model: AAPE) -> None:
-    """A clear error when the checkpoint's tree is not the one `model` (the run's config.model) has."""
-    d = model.config.embed_dim
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 1, d)),
-                              jnp.ones((1, 1), bool))["params"]
-    expected, got = _shapes(abstract), _shapes(params)
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        unexpected = sorted(set(got) - set(expected))
-        shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-        parts = ([f"missing {missing[:3]}"] if missing else []) + (
-            [f"unexpected {unexpected[:3]}"] if unexpected else []) + (
-            [f"{k}: {got[k]} in the checkpoint, {expected[k]} expected" for k in shapes[:3]])
-        raise ConfigError(
-            f"the checkpoint in {workdir} does not fit the AAPE model of its config.model ({'; '.join(parts)})",
-            hint="was config.json edited after training?")
+    if d_run is None or (d_run == d_clip and w_run in (None, w_clip)):
+        return  # not a geometry difference: the mismatch error names what differs
+    trained = config["clip"] or f"the random {config.get('random_clip_geometry', 'tiny')} CLIP in {workdir}"
+    run_geometry = _geometry(d_run, w_run) if w_run is not None else f"projection_dim {d_run}"
+    raise ConfigError(
+        f"clip={clip_source!r} has geometry {_geometry(d_clip, w_clip)}, but the run in {workdir} was "
+        f"trained on {trained} with geometry {run_geometry}",
+        hint="load it with the CLIP it was trained on (leave clip= unset to use the run's config.clip)")
 
 
 @dataclasses.dataclass
@@ -151,8 +122,8 @@ class AAPEClassifier:
 
         self._probs = jax.jit(probs)
         self._probs_fn = probs
-        self._build_prefix_cache = jax.jit(lambda class_text, clip_params: class_prefix_cache(
-            class_text, module, clip_params))
+        head = self.model.config.head
+        self._class_cache = jax.jit(lambda class_text, clip_params: head.class_cache(class_text, module, clip_params))
 
     @classmethod
     def load(cls, workdir: str | os.PathLike, clip: str | None = None, dtype: Any = None) -> AAPEClassifier:
@@ -165,42 +136,34 @@ class AAPEClassifier:
                 f"{workdir} was trained with method {method!r} (config.method in its config.json); "
                 "AAPEClassifier loads only method 'aape' runs",
                 hint="evaluate the other methods from their metrics.json, or pass the workdir of an AAPE run")
-        params = _restore_params(workdir)
         path = clip or config["clip"] or os.path.join(workdir, "random_clip")
         if path == toyworld.CLIP_NAME:
             path = toyworld.pretrained_clip(config.get("toyworld_tokenizer_dir") or None)
         frozen = clip_lib.load(path, dtype=jnp.dtype(dtype or config["clip_dtype"]))
-        _check_geometry(workdir, config, params, frozen, path)
-        m = config["model"]
-        aape_cfg = AAPEConfig(
-            embed_dim=frozen.config.projection_dim, token_width=frozen.config.text.hidden_size,
-            combine=m["combine"], aggregator=m["aggregator"], num_heads=m["num_heads"],
-            aggregator_hidden=m["aggregator_hidden"], generator_hidden=m["generator_hidden"],
-            num_tokens=m["num_tokens"], token_position=m.get("token_position", "prefix"),
-        )
-        model = AAPE(aape_cfg)
-        _check_tree(workdir, params, model)
-        return cls(frozen, model, params, m["template"])
+        model = AAPE(aape_config(config["model"], frozen.config))
+        d = model.config.embed_dim
+        abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 1, d)),
+                                  jnp.ones((1, 1), bool))["params"]
+        try:
+            params, _ = restore_trainable(workdir, abstract)
+        except ParamsMismatchError as e:
+            _check_geometry(workdir, config, e.got, frozen, path, model.config.head.uses_text_tower)
+            raise
+        return cls(frozen, model, params, config["model"]["template"])
 
     def class_text(self, class_names: Sequence[str]) -> ClassText:
         """Template features and ids for a class list (cached)."""
         return self._class_list(class_names)[0]
 
     def _class_list(self, class_names: Sequence[str]) -> tuple[ClassText, ClassPrefixCache | None]:
-        """The class list's ClassText and, for suffix token runs, its `class_prefix_cache` (cached, LRU)."""
+        """The class list's ClassText and its head's `class_cache` (for suffix token runs, the prefix cache), LRU."""
         names = tuple(class_names)
         if not names:
             raise ValueError("no class names given")
         entry = self._class_lists.pop(names, None)
         if entry is None:
-            cfg = self.model.config
-            texts = [self.template.format(c) for c in names]
-            z = self.clip.encode_text(self.clip.tokenize(texts))
-            ids, eot = template_ids(self.clip.tokenizer, texts, cfg.num_tokens)
-            ct = ClassText(features=jnp.asarray(z / np.linalg.norm(z, axis=-1, keepdims=True)),
-                           ids=jnp.asarray(ids), eot=jnp.asarray(eot), token_position=cfg.token_position)
-            suffix = cfg.combine == "token" and cfg.token_position == "suffix"
-            entry = ct, (self._build_prefix_cache(ct, self.clip.params) if suffix else None)
+            ct = class_text(self.clip, self.template, names, self.model.config.head.num_tokens)
+            entry = ct, self._class_cache(ct, self.clip.params)
             if len(self._class_lists) >= MAX_CLASS_LISTS:
                 del self._class_lists[next(iter(self._class_lists))]
         self._class_lists[names] = entry  # (re)inserted last: the most recently used
@@ -237,9 +200,9 @@ class AAPEClassifier:
             self.skipped.extend(bad)
             if pixels is None:
                 continue
-            n = len(pixels)
-            padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - n, axis=0)])  # one compile
-            out[[start + j for j in good]] = self.predict_proba_pixels(padded, class_names)[:n]
+            # Padded to batch_size: one compilation for every batch.
+            out[[start + j for j in good]] = padded_batches(lambda p: self.predict_proba_pixels(p, class_names),
+                                                            pixels, batch_size)
         if self.skipped:
             logging.warning("AAPEClassifier: skipped %d of %d image(s) that cannot be decoded: %s", len(self.skipped),
                             len(items), ", ".join(path for path, _ in self.skipped))

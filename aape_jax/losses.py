@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from aape_jax.models.heads import l2_normalize
+from aape_jax.numerics import l2_normalize
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -3,7 +3,8 @@
 Multi-host: every process runs the same command. On Cloud TPU pods and Slurm
 `jax.distributed` is configured automatically; elsewhere pass
 `--coordinator_address HOST:PORT --num_processes N --process_id I`.
-On SIGTERM a run checkpoints at the next step boundary and exits with code 75
+On SIGTERM a run checkpoints at its next metrics fetch (every `log_every_steps`
+steps, and at epoch ends) and exits with code 75
 (`aape_jax.distributed.PREEMPTED_EXIT_CODE`); on Ctrl-C (SIGINT) it does the
 same and exits with 130 (`INTERRUPTED_EXIT_CODE`); a second Ctrl-C aborts at
 once (exit 130, the latest checkpoint kept). The same command resumes it.
@@ -70,7 +71,7 @@ def _main(argv: list[str]) -> None:
 
     # Imported after jax.distributed is initialised: nothing may touch a backend before.
     config = _CONFIG.value
-    task = config.get("task", "classification")
+    task = config.task
     if task == "retrieval":
         from aape_jax.retrieval.train import train_and_evaluate as train_retrieval
 

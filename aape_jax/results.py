@@ -49,6 +49,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from aape_jax import numerics
+from aape_jax.methods import METHODS
+
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 REQUIRED_KEYS = ("base_acc", "new_acc", "harmonic_mean")
@@ -58,7 +61,7 @@ DATASET_ORDER = (
     "imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
 )
-METHOD_ORDER = ("zeroshot_clip", "cupl", "linear_probe", "coop", "cocoop", "kgcoop", "aape")
+METHOD_ORDER = tuple(METHODS)  # the methods table's order; unknown methods follow, sorted
 # Directories a run writes that never hold a run's metrics; not walked (a feature store can be large).
 _SKIP_DIRS = {"feature_store", "checkpoints", "tensorboard", "random_clip"}
 _SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -69,15 +72,13 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def harmonic_mean(base: float, new: float) -> float:
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
-
-
 # ------------------------------------------------------------------ collecting
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunMetrics:
+    """One training run's `metrics.json`, with the (method, dataset, seed) it belongs to."""
+
     method: str
     dataset: str
     seed: int
@@ -99,7 +100,7 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def read_run(metrics_path: str) -> Run:
+def read_run(metrics_path: str) -> RunMetrics:
     """One run; raises ValueError (with the reason) for an unusable metrics file."""
     try:
         metrics = _read_json(metrics_path)
@@ -132,10 +133,10 @@ def read_run(metrics_path: str) -> Run:
     seed = config.get("seed", p_seed)
     if dataset is None or seed is None:
         raise ValueError("no dataset/seed: neither config.json nor a <method>/<dataset>/seed<S> path names them")
-    return Run(str(method), str(dataset), int(seed), metrics, metrics_path)
+    return RunMetrics(str(method), str(dataset), int(seed), metrics, metrics_path)
 
 
-def collect(runs_dir: str) -> list[Run]:
+def collect(runs_dir: str) -> list[RunMetrics]:
     """Every usable run under `runs_dir` (warnings for the unusable ones)."""
     if not os.path.isdir(runs_dir):
         raise FileNotFoundError(f"runs directory {runs_dir!r} does not exist")
@@ -144,7 +145,7 @@ def collect(runs_dir: str) -> list[Run]:
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
         if METRICS_FILE in files:
             paths.append(os.path.join(root, METRICS_FILE))
-    runs: dict[tuple[str, str, int], Run] = {}
+    runs: dict[tuple[str, str, int], RunMetrics] = {}
     for path in sorted(paths):
         try:
             run = read_run(path)
@@ -189,12 +190,7 @@ def _ordered(names: Iterable[str], canonical: Sequence[str]) -> list[str]:
     return [n for n in canonical if n in names] + sorted(names - set(canonical))
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=0))
-
-
-def aggregate(runs: Sequence[Run]) -> Table:
+def aggregate(runs: Sequence[RunMetrics]) -> Table:
     if not runs:
         raise ValueError("no runs to aggregate")
     methods = _ordered({r.method for r in runs}, METHOD_ORDER)
@@ -207,12 +203,13 @@ def aggregate(runs: Sequence[Run]) -> Table:
             if not group:
                 missing.setdefault(method, []).append(dataset)
                 continue
-            stats = {k: _mean_std([r.metrics[k] for r in group]) for k in REQUIRED_KEYS}
+            stats = {k: numerics.mean_std([r.metrics[k] for r in group]) for k in REQUIRED_KEYS}
             numeric = set.intersection(*(
                 {k for k, v in r.metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
                 for r in group))
-            extra = {k: _mean_std([r.metrics[k] for r in group]) for k in sorted(numeric - set(REQUIRED_KEYS))}
+            extra = {k: numerics.mean_std([r.metrics[k] for r in group])
+                     for k in sorted(numeric - set(REQUIRED_KEYS))}
             cells[(method, dataset)] = Cell(
                 seeds=tuple(r.seed for r in group),
                 base_mean=stats["base_acc"][0], base_std=stats["base_acc"][1],
@@ -223,7 +220,7 @@ def aggregate(runs: Sequence[Run]) -> Table:
         present = [cells[(method, d)] for d in datasets if (method, d) in cells]
         base = float(np.mean([c.base_mean for c in present]))
         new = float(np.mean([c.new_mean for c in present]))
-        cells[(method, AVERAGE)] = Cell((), base, None, new, None, harmonic_mean(base, new), None)
+        cells[(method, AVERAGE)] = Cell((), base, None, new, None, numerics.harmonic_mean(base, new), None)
     return Table(methods, datasets, cells, missing)
 
 

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from aape_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -37,7 +39,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
     n = mesh.shape[DATA_AXIS]
     if batch_size % n:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {n} devices of the data axis")
+        raise ConfigError(f"config.batch_size is {batch_size}: not divisible by the {n} devices of the data axis",
+                          hint="set config.num_devices to use fewer devices, or change the batch size")
+
+
+def device_multiple(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the mesh's device count (an evaluation batch shards evenly)."""
+    return -(-batch_size // mesh.size) * mesh.size
 
 
 def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

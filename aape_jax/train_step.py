@@ -1,9 +1,9 @@
-"""Pure train and eval step functions (no I/O).
+"""AAPE's classification loss and logits (pure, no I/O); `aape_jax.trainer` turns the loss into a step.
 
 The trainable tree (aggregator, generator, head) is the only thing
 differentiated and optimised; the frozen CLIP parameters travel in `StepData`
 as a jit argument. A batch holds precomputed image features, so the image
-tower never runs here; the text tower runs only in token mode.
+tower never runs here; the text tower runs only when the head needs it.
 """
 
 from __future__ import annotations
@@ -15,29 +15,13 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from aape_jax import losses
 from aape_jax.clip.model import CLIP
 from aape_jax.models.aape import AAPE
-from aape_jax.models.heads import ClassPrefixCache, ClassText, class_logits, class_weights, l2_normalize
-
-Batch = dict[str, jax.Array]  # features [B, D], labels [B], prompt_rows [B], index [B]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a checkpoint holds to resume training (never CLIP).
-
-    Attributes:
-      step: optimizer steps taken.
-      params: the trainable tree.
-      opt_state: optax state.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
+from aape_jax.models.heads import ClassPrefixCache, ClassText, class_logits
+from aape_jax.numerics import l2_normalize
+from aape_jax.trainer import Batch
 
 
 @flax.struct.dataclass
@@ -49,7 +33,7 @@ class StepData:
         (a class's descriptions, or an image's captions).
       prompt_mask: valid prompts [R, M].
       class_text: the training classes' templates.
-      clip_params: the frozen CLIP parameters (used in token mode).
+      clip_params: the frozen CLIP parameters (None when the head does not run the text tower).
       logit_scale: CLIP's stored log logit scale.
     """
 
@@ -90,7 +74,7 @@ def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name
     the global batch gathered across devices, so that pmap and jit optimise
     the same objective; the caller averages gradients with `pmean`.
     """
-    combine = model.config.combine
+    head = model.config.head
 
     def loss_fn(params: Any, batch: Batch, data: StepData, key: jax.Array) -> tuple[jax.Array, dict]:
         variables = {"params": params}
@@ -98,7 +82,7 @@ def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name
         summary = model.apply(variables, q, prompts, mask, keys, method=AAPE.summarize)  # [B, D]
         aape = model.apply(variables, q, method=AAPE.generate)  # [B, D]
         head_out = model.apply(variables, aape, method=AAPE.project)
-        w = class_weights(combine, head_out, data.class_text, clip_module, data.clip_params)  # [B, C, D]
+        w = head.class_weights(head_out, data.class_text, clip_module, data.clip_params)  # [B, C, D]
         logits = class_logits(batch["features"], w, data.logit_scale)  # [B, C]
         ce = losses.cross_entropy(logits, batch["labels"])
         distill = losses.distill_loss(aape, summary)
@@ -117,52 +101,21 @@ def make_loss_fn(model: AAPE, clip_module: CLIP, weights: LossWeights, axis_name
     return loss_fn
 
 
-def make_step(loss_fn: Callable, tx: optax.GradientTransformation, axis_name: str | None = None) -> Callable:
-    """Any `loss_fn(params, batch, data, key) -> (loss, parts)` -> the pure
-    `train_step(state, batch, data, base_key) -> (state, metrics)`.
-
-    The step's randomness is `fold_in(base_key, step)`; losses draw per example
-    with `fold_in(., global index)`, so results do not depend on the device
-    count. Under pmap (`axis_name`), gradients and metrics are averaged.
-    """
-
-    def train_step(state: TrainState, batch: Batch, data: Any, base_key: jax.Array):
-        key = jax.random.fold_in(base_key, state.step)
-        grads, parts = jax.grad(loss_fn, has_aux=True)(state.params, batch, data, key)
-        if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
-            parts = jax.lax.pmean(parts, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(parts, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return train_step
-
-
-def make_train_step(
-    model: AAPE, clip_module: CLIP, tx: optax.GradientTransformation, weights: LossWeights,
-    axis_name: str | None = None,
-) -> Callable[[TrainState, Batch, StepData, jax.Array], tuple[TrainState, dict]]:
-    """AAPE's train step (`make_loss_fn` through `make_step`)."""
-    return make_step(make_loss_fn(model, clip_module, weights, axis_name), tx, axis_name)
-
-
 def make_logits_fn(model: AAPE, clip_module: CLIP) -> Callable[[Any, jax.Array, ClassText, Any, jax.Array], jax.Array]:
     """Returns the pure inference `logits(params, image_features, class_text, clip_params, logit_scale) -> [B, C]`.
 
-    Only the generator and head run: no aggregator, no prompts. For `suffix`
-    token runs, `prefix_cache=` takes the classes' precomputed
-    `class_prefix_cache` (else it is computed inside, per call).
+    Only the generator and head run: no aggregator, no prompts. `class_cache=`
+    takes the head's precomputed `class_cache` of these classes (for "suffix"
+    token heads, their prefix keys/values; else it is computed inside, per call).
     """
+    head = model.config.head
 
     def logits_fn(params: Any, image_features: jax.Array, class_text: ClassText, clip_params: Any,
-                  logit_scale: jax.Array, prefix_cache: ClassPrefixCache | None = None) -> jax.Array:
+                  logit_scale: jax.Array, class_cache: ClassPrefixCache | None = None) -> jax.Array:
         variables = {"params": params}
         aape = model.apply(variables, l2_normalize(image_features), method=AAPE.generate)
         head_out = model.apply(variables, aape, method=AAPE.project)
-        w = class_weights(model.config.combine, head_out, class_text, clip_module, clip_params,
-                          prefix_cache=prefix_cache)
+        w = head.class_weights(head_out, class_text, clip_module, clip_params, class_cache)
         return class_logits(image_features, w, logit_scale)
 
     return logits_fn

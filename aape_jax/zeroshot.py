@@ -31,14 +31,12 @@ from aape_jax import clip as clip_lib
 from aape_jax import errors
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.errors import BadImageError, ConfigError
+from aape_jax.numerics import l2_normalize
+from aape_jax.prompts.templates import fill
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ON_BAD_IMAGE = ("skip", "fail")
-
-
-def l2_normalize(x: jax.Array | np.ndarray, axis: int = -1) -> jax.Array:
-    return x / jnp.linalg.norm(x, axis=axis, keepdims=True)
 
 
 def class_weights(model: FrozenCLIP, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
@@ -50,7 +48,7 @@ def class_weights(model: FrozenCLIP, class_names: Sequence[str], templates: Sequ
     for t in templates:
         if t.count("{}") != 1:
             raise ConfigError(f"template {t!r} must contain exactly one '{{}}' for the class name")
-    texts = [t.format(c) for c in class_names for t in templates]
+    texts = [t for c in class_names for t in fill(templates, c)]
     z = model.encode_text(model.tokenize(texts)).reshape(len(class_names), len(templates), -1)  # [C, T, D]
     return np.asarray(l2_normalize(l2_normalize(z).mean(axis=1)), dtype=np.float32)
 

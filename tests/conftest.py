@@ -29,3 +29,22 @@ def toy_clip_dir(shared_data) -> str:
     from aape_jax import toyworld
 
     return toyworld.pretrained_clip(str(shared_data / "clip_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> pathlib.Path:
+    """A feature store the runlocal pipeline tests share (entries are keyed by what made them)."""
+    return tmp_path_factory.mktemp("feature_store")
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(store, tmp_path_factory) -> dict:
+    """metrics.json of the long runlocal run the interruption tests resume to (run once per session)."""
+    import json
+    import subprocess
+
+    from test_end_to_end import _LONG, _TWO_DEVICES, REPO, _main
+
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_main(workdir, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, check=True, capture_output=True)
+    return json.load(open(workdir / "metrics.json"))

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aape_jax import clip, evaluate, methods, sharding, train
+from aape_jax import clip, evaluate, methods, numerics, sharding, train, trainer
 from aape_jax.clip import tiny
+from aape_jax.configs import classification
 from aape_jax.data import protocol, synthetic
-from experiments import aape_cross_dataset, aape_fewshot, common
+from aape_jax.data.feature_store import FeatureStore
+from experiments import aape_cross_dataset, aape_fewshot
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def store(tmp_path_factory):
 
 
 def _config(method, store, arg="runlocal", **overrides):
-    config = common.base2new(arg, method)
+    config = classification.base2new(arg, method)
     config.feature_store = store
     config.num_epochs = 3
     config.update_from_flattened_dict(overrides)
@@ -55,7 +57,7 @@ def test_every_baseline_runlocal_completes(method, store, tmp_path):
     for key in ("base_acc", "new_acc", "harmonic_mean"):
         assert 0.0 <= metrics[key] <= 100.0
     on_disk = json.load(open(tmp_path / "metrics.json"))
-    assert on_disk["harmonic_mean"] == pytest.approx(protocol.harmonic_mean(on_disk["base_acc"], on_disk["new_acc"]))
+    assert on_disk["harmonic_mean"] == pytest.approx(numerics.harmonic_mean(on_disk["base_acc"], on_disk["new_acc"]))
     trains = method not in ("zeroshot_clip", "cupl")
     assert (metrics["train_loss"] is not None) == trains
     if trains:
@@ -74,20 +76,18 @@ def test_linear_probe_separates_linearly_separable_features(tmp_path):
     model = clip.load(tiny.write_checkpoint(tmp_path / "clip"))
     config = _config("linear_probe", str(tmp_path / "store"), **{"optim.learning_rate": 0.05})
     names = ["red circle", "blue square", "green triangle"]
-    learner = methods.build(config, model, train.FeatureStore(tmp_path / "store"), names, lambda n: [])
+    learner = methods.build(config, model, FeatureStore(tmp_path / "store"), names, lambda n: [])
     d = model.config.projection_dim
     rng = np.random.default_rng(0)
     means = np.linalg.qr(rng.normal(size=(d, 3)))[0].T * 3  # orthogonal class directions
     labels = np.repeat(np.arange(3), 32)
     features = (means[labels] + 0.3 * rng.normal(size=(96, d))).astype(np.float32)
-    tx = train.make_optimizer(config.optim, 3, 30)
-    run = train.Run(clip=model, tx=tx, init_params=learner.init_params,
-                    make_step=lambda axis: train.make_step(learner.make_loss(axis), tx, axis),
-                    step_data=learner.step_data, features=features[:, None], labels=labels, prompt_rows=labels,
-                    steps_per_epoch=3)
+    run = trainer.TrainingRun(init_params=learner.init_params, make_loss=learner.make_loss,
+                              step_data=learner.step_data, features=features[:, None], labels=labels,
+                              prompt_rows=labels)
     config.num_epochs = 30
     config.checkpoint_every_epochs = 100
-    params, history = train.fit(run, config, str(tmp_path / "work"), sharding.make_mesh())
+    params, history = trainer.fit(run, config, str(tmp_path / "work"), sharding.make_mesh())
     before = evaluate.logits(learner.logits_fn, learner.init_params(jax.random.key(0)), features,
                              learner.class_text(names), None, model.params["logit_scale"], sharding.make_mesh(), 32)
     after = evaluate.logits(learner.logits_fn, params, features, learner.class_text(names), None,

@@ -17,8 +17,7 @@ import pytest
 
 from aape_jax import config_check, distributed, train
 from aape_jax.errors import ConfigError
-from test_end_to_end import (_LONG, _TWO_DEVICES, REPO, _assert_same_run, _config, _interrupt, _main,  # noqa: F401
-                             store, uninterrupted)  # store, uninterrupted: fixtures
+from test_end_to_end import _LONG, _TWO_DEVICES, REPO, _assert_same_run, _config, _interrupt, _main  # noqa: F401
 
 EPOCHS = 3
 

@@ -11,9 +11,10 @@ from aape_jax.clip.model import CLIP
 from aape_jax.inference import AAPEClassifier
 from aape_jax.models import heads
 from aape_jax.models.aape import AAPE, AAPEConfig
+from aape_jax.models.heads import make_head
 from aape_jax.train_step import make_logits_fn
 
-NAMES = ["cat", "big red dog", "a", "photo of the large bird", "tabby cat"]  # EOT positions differ
+NAMES = ["cat", "big red dog", "a", "photo of the bird", "tabby cat"]  # EOT positions differ
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,9 @@ def tiny_clip(tmp_path_factory):
 
 def _classifier(frozen, combine: str, token_position: str) -> AAPEClassifier:
     """Random weights, perturbed so that the feature head's zero-initialised map is not zero."""
-    cfg = AAPEConfig(embed_dim=frozen.config.projection_dim, token_width=frozen.config.text.hidden_size,
-                     combine=combine, num_heads=4, generator_hidden=8, num_tokens=2, token_position=token_position)
+    d = frozen.config.projection_dim
+    head = make_head(combine, d, frozen.config.text.hidden_size, 2, token_position)
+    cfg = AAPEConfig(embed_dim=d, head=head, num_heads=4, generator_hidden=8)
     model = AAPE(cfg)
     d = cfg.embed_dim
     params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 2, d)), jnp.ones((1, 2), bool))["params"]
@@ -53,22 +55,37 @@ def _images(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_suffix_scores_use_the_cached_prefix_and_equal_the_uncached_path(tiny_clip, monkeypatch, tmp_path):
-    """predict_proba (two batches) and export never run the class prefixes; both equal the per-call path."""
-    built_in_scoring = []
+    """predict_proba (two batches) and export never run the class prefixes; both equal the per-call path.
+
+    The prefixes run once, in the class list's `class_cache`, and nowhere else."""
+    built_in_scoring, built_in_cache, in_cache = [], [], []
 
     def counting(*args, **kwargs):
-        built_in_scoring.append(1)
+        (built_in_cache if in_cache else built_in_scoring).append(1)
         return cache_fn(*args, **kwargs)
 
     cache_fn = heads.class_prefix_cache
-    monkeypatch.setattr(heads, "class_prefix_cache", counting)  # what class_weights runs without prefix_cache=
+    monkeypatch.setattr(heads, "class_prefix_cache", counting)  # what class_weights runs without cache=
     clf = _classifier(tiny_clip, "token", "suffix")
+    class_cache = clf._class_cache
+    cache_calls = []
+
+    def building(class_text, clip_params):
+        cache_calls.append(class_text.num_classes)
+        in_cache.append(1)
+        try:
+            return class_cache(class_text, clip_params)
+        finally:
+            in_cache.pop()
+
+    monkeypatch.setattr(clf, "_class_cache", building)
     images = _images(5)
     probs = clf.predict_proba(images, NAMES, batch_size=3)
     path = tmp_path / "scores.bin"
     clf.export(NAMES, path)
     exported = ExportedClassifier.load(path)(images)
     assert built_in_scoring == []
+    assert cache_calls == [len(NAMES)] and built_in_cache == [1]  # built (and traced) once for the class list
     _, prefix_cache = clf._class_lists[tuple(NAMES)]
     assert isinstance(prefix_cache, heads.ClassPrefixCache)
     want = _reference_probs(clf, tiny_clip.preprocess(images), NAMES)
@@ -91,13 +108,13 @@ def test_cache_is_per_class_list_reused_renewed_and_bounded(tiny_clip, monkeypat
     beyond MAX_CLASS_LISTS the least recently used list is dropped and rebuilt when it comes back."""
     clf = _classifier(tiny_clip, "token", "suffix")
     builds = []
-    build = clf._build_prefix_cache
+    build = clf._class_cache
 
     def counting(class_text, clip_params):
         builds.append(class_text.num_classes)
         return build(class_text, clip_params)
 
-    monkeypatch.setattr(clf, "_build_prefix_cache", counting)
+    monkeypatch.setattr(clf, "_class_cache", counting)
     pixels = tiny_clip.preprocess(_images(2))
     reordered = NAMES[::-1]
     first = clf.predict_proba_pixels(pixels, NAMES)
@@ -135,7 +152,7 @@ def test_inference_benchmark_times_the_classifier(monkeypatch):
     real = AAPEClassifier.predict_proba_pixels
 
     def counting(self, pixels, class_names):
-        calls.add((self.model.config.token_position, len(class_names)))
+        calls.add((self.model.config.head.position, len(class_names)))
         return real(self, pixels, class_names)
 
     results = []

@@ -6,24 +6,30 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
 from aape_jax import clip
 from aape_jax.clip import tiny
 from aape_jax.clip.model import CLIP
 from aape_jax.models import aggregator as agg
-from aape_jax.models.aape import AAPE, AAPEConfig
+from aape_jax.models.aape import AAPE, AAPEConfig, aape_config
 from aape_jax.models.generator import PromptGenerator
 from aape_jax.models.heads import (
+    COMBINE_MODES,
+    TOKEN_POSITIONS,
+    ClassPrefixCache,
     ClassText,
     FeatureHead,
-    class_prefix_cache,
+    FeatureProjection,
     TokenHead,
-    class_weights,
+    TokenProjection,
+    class_prefix_cache,
     insert_tokens,
-    l2_normalize,
+    make_head,
     template_ids,
 )
+from aape_jax.numerics import l2_normalize
 
 B, M, D = 3, 5, 16
 NUM_HEADS = 4
@@ -241,7 +247,8 @@ def test_generator_shape():
 
 
 def test_feature_head_shape_and_zero_init():
-    head = FeatureHead(embed_dim=D)
+    head = FeatureHead(embed_dim=D).module()
+    assert isinstance(head, FeatureProjection) and head.embed_dim == D
     aape = jax.random.normal(jax.random.key(0), (B, D))
     params = head.init(jax.random.key(1), aape)
     out = head.apply(params, aape)
@@ -250,7 +257,8 @@ def test_feature_head_shape_and_zero_init():
 
 
 def test_token_head_shape():
-    head = TokenHead(num_tokens=3, token_width=8)
+    head = TokenHead(num_tokens=3, token_width=8).module()
+    assert isinstance(head, TokenProjection) and (head.num_tokens, head.token_width) == (3, 8)
     aape = jax.random.normal(jax.random.key(0), (B, D))
     params = head.init(jax.random.key(1), aape)
     out = head.apply(params, aape)
@@ -265,9 +273,10 @@ def test_untrained_feature_head_is_zero_shot_clip():
     features = l2_normalize(jax.random.normal(jax.random.key(0), (c, D)))
     class_text = ClassText(features=features, ids=jnp.zeros((c, 3), jnp.int32), eot=jnp.zeros((c,), jnp.int32))
     head = FeatureHead(embed_dim=D)
+    module = head.module()
     aape = jax.random.normal(jax.random.key(1), (B, D))
-    params = head.init(jax.random.key(2), aape)
-    weights = class_weights("feature", head.apply(params, aape), class_text)
+    params = module.init(jax.random.key(2), aape)
+    weights = head.class_weights(module.apply(params, aape), class_text)
     chex.assert_shape(weights, (B, c, D))
     np.testing.assert_allclose(
         np.asarray(weights), np.broadcast_to(np.asarray(features), (B, c, D)), rtol=1e-6, atol=1e-7
@@ -278,7 +287,7 @@ def test_feature_class_weights_add_then_normalise():
     features = l2_normalize(jnp.array([[1.0, 0.0], [0.0, 1.0]]))
     class_text = ClassText(features=features, ids=jnp.zeros((2, 3), jnp.int32), eot=jnp.zeros((2,), jnp.int32))
     head_out = jnp.array([[0.0, 1.0]])
-    weights = class_weights("feature", head_out, class_text)
+    weights = FeatureHead(embed_dim=2).class_weights(head_out, class_text)
     s = 1 / np.sqrt(2)
     np.testing.assert_allclose(np.asarray(weights), [[[s, s], [0.0, 1.0]]], rtol=1e-6)
 
@@ -349,15 +358,16 @@ def test_token_seam_equals_plain_clip_text_path(tiny_clip):
     classnames = ["cat", "dog", "tabby cat"]  # templates of different lengths, so different EOT positions
     class_text = _class_text_for(m, classnames, 1)
     module = m.module
-    # Image 0 inserts "a", image 1 inserts "photo": image-major order is checked too.
-    words = ["a", "photo"]
+    # Image 0 inserts "a", image 1 inserts "x": image-major order is checked too. (Words of one token
+    # in every vocabulary, the tiny CLIP's merge-free byte-level one included.)
+    words = ["a", "x"]
     word_ids = [m.tokenizer.encode(w) for w in words]
     assert all(len(i) == 1 for i in word_ids), word_ids
     tokens = module.apply(
         {"params": m.params}, jnp.asarray([i[0] for i in word_ids])[:, None], method=CLIP.embed_tokens
     )  # [B, 1, W]
     chex.assert_shape(tokens, (2, 1, m.config.text.hidden_size))
-    weights = class_weights("token", tokens, class_text, module, m.params)
+    weights = TokenHead(1, m.config.text.hidden_size).class_weights(tokens, class_text, module, m.params)
     chex.assert_shape(weights, (2, len(classnames), m.config.projection_dim))
     for b, word in enumerate(words):
         texts = [f"{word} a photo of a {name}." for name in classnames]
@@ -380,16 +390,16 @@ def test_token_seam_with_broadcast_tokens_and_jit(tiny_clip):
     a_id = m.tokenizer.encode("a")
     tok_a = module.apply({"params": m.params}, jnp.asarray([a_id]), method=CLIP.embed_tokens)  # [1, 1, W]
     tokens = jnp.broadcast_to(tok_a, (2, 1, tok_a.shape[-1]))  # [B, 1, W]
-    fn = jax.jit(lambda p, t, ct: class_weights("token", t, ct, module, p))
+    head = TokenHead(1, m.config.text.hidden_size)
+    fn = jax.jit(lambda p, t, ct: head.class_weights(t, ct, module, p))
     weights = fn(m.params, tokens, class_text)
     ref = l2_normalize(jnp.asarray(m.encode_text(m.tokenize([f"a a photo of a {n}." for n in classnames]))))
     for b in range(2):
         np.testing.assert_allclose(np.asarray(weights[b]), np.asarray(ref), rtol=0, atol=1e-5)
 
 
-def _suffix_class_text(m, classnames, num_tokens):
-    ct = _class_text_for(m, classnames, num_tokens)
-    return ClassText(features=ct.features, ids=ct.ids, eot=ct.eot, token_position="suffix")
+def _suffix_head(m, num_tokens):
+    return TokenHead(num_tokens, m.config.text.hidden_size, position="suffix")
 
 
 def test_insert_tokens_suffix_exact_placement():
@@ -406,16 +416,17 @@ def test_insert_tokens_suffix_exact_placement():
 
 
 def test_suffix_seam_equals_plain_clip_text_path(tiny_clip):
-    """Inserting the embedding of a real word before EOT gives CLIP's features of "a photo of a {c}. word"."""
+    """Inserting the embedding of a real word before EOT gives CLIP's features of "a photo of a {c}. x"."""
     m = tiny_clip
     classnames = ["cat", "dog", "tabby cat"]
-    class_text = _suffix_class_text(m, classnames, 1)
+    class_text = _class_text_for(m, classnames, 1)
+    head = _suffix_head(m, 1)
     module = m.module
-    (word_id,) = m.tokenizer.encode("photo")
+    (word_id,) = m.tokenizer.encode("x")  # one token in every vocabulary
     tokens = module.apply({"params": m.params}, jnp.asarray([[word_id]]), method=CLIP.embed_tokens)  # [1, 1, W]
     for cached in (False, True):
-        weights = class_weights("token", tokens, class_text, module, m.params, use_prefix_cache=cached)
-        ref_ids = m.tokenize([f"a photo of a {n}. photo" for n in classnames])
+        weights = head.class_weights(tokens, class_text, module, m.params, use_prefix_cache=cached)
+        ref_ids = m.tokenize([f"a photo of a {n}. x" for n in classnames])
         ref = l2_normalize(jnp.asarray(m.encode_text(ref_ids)))
         np.testing.assert_allclose(np.asarray(weights[0]), np.asarray(ref), rtol=0, atol=1e-5)
 
@@ -425,38 +436,86 @@ def test_prefix_cache_equals_plain_suffix_path(tiny_clip, num_tokens):
     """The class-prefix KV cache (jitted, precomputed or not) equals the whole-sequence path within 1e-5,
     for the weights and for their gradient with respect to the inserted tokens."""
     m = tiny_clip
-    classnames = ["cat", "big red dog", "a", "photo of the large bird", "tabby cat"]  # EOTs differ
-    class_text = _suffix_class_text(m, classnames, num_tokens)
+    classnames = ["cat", "big red dog", "a", "photo of the bird", "tabby cat"]  # EOTs differ
+    class_text = _class_text_for(m, classnames, num_tokens)
+    head = _suffix_head(m, num_tokens)
     module = m.module
     tokens = 0.02 * jax.random.normal(jax.random.key(0), (4, num_tokens, m.config.text.hidden_size))
-    plain = jax.jit(lambda p, t, ct: class_weights("token", t, ct, module, p, use_prefix_cache=False))
-    cached = jax.jit(lambda p, t, ct: class_weights("token", t, ct, module, p))
+    plain = jax.jit(lambda p, t, ct: head.class_weights(t, ct, module, p, use_prefix_cache=False))
+    cached = jax.jit(lambda p, t, ct: head.class_weights(t, ct, module, p))
     want = plain(m.params, tokens, class_text)
     np.testing.assert_allclose(np.asarray(cached(m.params, tokens, class_text)), np.asarray(want), atol=1e-5)
-    cache = class_prefix_cache(class_text, module, m.params)
-    got = class_weights("token", tokens, class_text, module, m.params, prefix_cache=cache)
+    cache = head.class_cache(class_text, module, m.params)
+    got = head.class_weights(tokens, class_text, module, m.params, cache=cache)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
-    loss = lambda cache_on: jax.grad(lambda t: jnp.sum(class_weights(
-        "token", t, class_text, module, m.params, use_prefix_cache=cache_on)[..., 0] ** 2))(tokens)
+    loss = lambda cache_on: jax.grad(lambda t: jnp.sum(head.class_weights(
+        t, class_text, module, m.params, use_prefix_cache=cache_on)[..., 0] ** 2))(tokens)
     np.testing.assert_allclose(np.asarray(loss(True)), np.asarray(loss(False)), atol=1e-5)
 
 
 def test_prefix_cache_bfloat16_close_to_fp32(tiny_clip):
     """The bf16 compute path (fp32 parameters) runs the cached path and stays close to fp32."""
     m = tiny_clip
-    class_text = _suffix_class_text(m, ["cat", "big red dog"], 1)
+    class_text = _class_text_for(m, ["cat", "big red dog"], 1)
+    head = _suffix_head(m, 1)
     tokens = 0.02 * jax.random.normal(jax.random.key(1), (2, 1, m.config.text.hidden_size))
-    f32 = class_weights("token", tokens, class_text, m.module, m.params)
-    bf16 = class_weights("token", tokens, class_text, CLIP(m.config, dtype=jnp.bfloat16), m.params)
+    f32 = head.class_weights(tokens, class_text, m.module, m.params)
+    bf16 = head.class_weights(tokens, class_text, CLIP(m.config, dtype=jnp.bfloat16), m.params)
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=3e-2)
 
 
-def test_aape_config_token_position():
-    assert AAPEConfig(embed_dim=D, token_width=8).token_position == "prefix"
-    assert AAPEConfig(embed_dim=D, token_width=8, token_position="suffix").token_position == "suffix"
-    with pytest.raises(ValueError, match="model.token_position"):
-        AAPEConfig(embed_dim=D, token_width=8, token_position="middle")
+def test_token_head_position():
+    assert TOKEN_POSITIONS == ("prefix", "suffix")
+    assert TokenHead(1, 8).position == "prefix"
+    assert TokenHead(1, 8, position="suffix").position == "suffix"
+    with pytest.raises(ValueError, match=re.escape("model.token_position is 'middle'")):
+        TokenHead(1, 8, position="middle")
+    with pytest.raises(ValueError, match=re.escape("model.num_tokens must be >= 1, got 0")):
+        TokenHead(0, 8)
+
+
+def test_suffix_and_prefix_heads_give_different_weights(tiny_clip):
+    """The head's position, not a default, decides where the tokens go (both paths of "suffix")."""
+    m = tiny_clip
+    class_text = _class_text_for(m, ["cat", "big red dog"], 1)
+    tokens = 0.5 * jax.random.normal(jax.random.key(2), (2, 1, m.config.text.hidden_size))
+    width = m.config.text.hidden_size
+    prefix = TokenHead(1, width, "prefix").class_weights(tokens, class_text, m.module, m.params)
+    for cached in (False, True):
+        suffix = TokenHead(1, width, "suffix").class_weights(tokens, class_text, m.module, m.params,
+                                                             use_prefix_cache=cached)
+        assert float(jnp.abs(suffix - prefix).max()) > 1e-3, f"use_prefix_cache={cached}"
+
+
+def test_feature_head_runs_no_text_tower():
+    head = FeatureHead(embed_dim=D)
+    assert head.uses_text_tower is False and head.num_tokens == 0
+    class_text = ClassText(features=jnp.ones((2, D)), ids=jnp.zeros((2, 3), jnp.int32), eot=jnp.ones((2,), jnp.int32))
+    assert head.class_cache(class_text, None, None) is None
+
+
+def test_token_head_class_cache_is_the_prefix_cache_for_suffix_only(tiny_clip):
+    m = tiny_clip
+    width = m.config.text.hidden_size
+    assert TokenHead(1, width).uses_text_tower is True
+    assert TokenHead(2, width).num_tokens == 2
+    class_text = _class_text_for(m, ["cat", "big red dog", "tabby cat"], 2)
+    assert TokenHead(2, width, "prefix").class_cache(class_text, m.module, m.params) is None
+    got = TokenHead(2, width, "suffix").class_cache(class_text, m.module, m.params)
+    assert isinstance(got, ClassPrefixCache)
+    chex.assert_trees_all_close(got, class_prefix_cache(class_text, m.module, m.params), rtol=0, atol=0)
+
+
+def test_make_head():
+    assert COMBINE_MODES == ("token", "feature")
+    assert make_head("feature", D, 8) == FeatureHead(D)
+    assert make_head("token", D, 8) == TokenHead(1, 8, "prefix")
+    assert make_head("token", D, 8, 3, "suffix") == TokenHead(3, 8, "suffix")
+    with pytest.raises(ValueError, match=re.escape("model.combine is 'concat'")):
+        make_head("concat", D, 8)
+    with pytest.raises(ValueError, match=re.escape("model.token_position is 'middle'")):
+        make_head("token", D, 8, 1, "middle")
 
 
 # ----------------------------------------------------------------------------- AAPE config and module
@@ -465,26 +524,49 @@ def test_aape_config_token_position():
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(combine="concat"), "model.combine"),
         (dict(aggregator="max"), "model.aggregator"),
         (dict(aggregator="attention", num_heads=5), "model.num_heads"),
+        (dict(generator_hidden=0), "model.generator_hidden"),
     ],
 )
 def test_aape_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=re.escape(field)):
-        AAPEConfig(embed_dim=32, token_width=64, **kwargs)
+        AAPEConfig(embed_dim=32, head=make_head("token", 32, 64), **kwargs)
 
 
 def test_aape_config_valid():
     for combine in ("token", "feature"):
         for name in ("attention", "mean", "random", "mlp"):
-            AAPEConfig(embed_dim=32, token_width=64, combine=combine, aggregator=name, num_heads=4)
+            AAPEConfig(embed_dim=32, head=make_head(combine, 32, 64), aggregator=name, num_heads=4)
+
+
+def _model_block(**overrides):
+    block = dict(aggregator="mlp", num_heads=4, aggregator_hidden=8, generator_hidden=4, num_tokens=2)
+    block.update(overrides)
+    return block
+
+
+@pytest.mark.parametrize("as_config_dict", [False, True])
+def test_aape_config_of_a_model_block(tiny_clip, as_config_dict):
+    wrap = ml_collections.ConfigDict if as_config_dict else dict
+    geometry = tiny_clip.config
+    d, w = geometry.projection_dim, geometry.text.hidden_size
+    got = aape_config(wrap(_model_block(combine="token", token_position="suffix")), geometry)
+    assert got == AAPEConfig(embed_dim=d, head=TokenHead(2, w, "suffix"), aggregator="mlp", num_heads=4,
+                             aggregator_hidden=8, generator_hidden=4)
+    # A block from before `token_position` existed: "prefix".
+    assert aape_config(wrap(_model_block(combine="token")), geometry).head == TokenHead(2, w, "prefix")
+    assert aape_config(wrap(_model_block(combine="feature")), geometry).head == FeatureHead(d)
+    # No `combine` (retrieval's block): no head.
+    assert aape_config(wrap(_model_block()), geometry).head is None
+    with pytest.raises(ValueError, match=re.escape("model.combine is 'concat'")):
+        aape_config(wrap(_model_block(combine="concat")), geometry)
 
 
 def _aape(name, combine, num_tokens=2):
     config = AAPEConfig(
-        embed_dim=D, token_width=8, combine=combine, aggregator=name, num_heads=NUM_HEADS,
-        aggregator_hidden=8, generator_hidden=4, num_tokens=num_tokens,
+        embed_dim=D, head=make_head(combine, D, 8, num_tokens), aggregator=name, num_heads=NUM_HEADS,
+        aggregator_hidden=8, generator_hidden=4,
     )
     model = AAPE(config)
     q, prompts, mask = _inputs(seed=6)
@@ -534,11 +616,13 @@ def test_token_path_in_class_chunks_equals_all_at_once(tiny_clip):
     ct = ClassText(features=jnp.zeros((37, m.config.projection_dim)), ids=jnp.asarray(ids), eot=jnp.asarray(eot))
     tokens = 0.02 * jax.random.normal(jax.random.key(0), (3, 1, m.config.text.hidden_size))
 
-    def loss(t, chunk):
-        return jnp.sum(class_weights("token", t, ct, m.module, m.params, class_chunk=chunk) ** 3)
+    head = TokenHead(1, m.config.text.hidden_size)
 
-    whole = class_weights("token", tokens, ct, m.module, m.params, class_chunk=None)
-    chunked = class_weights("token", tokens, ct, m.module, m.params, class_chunk=8)
+    def loss(t, chunk):
+        return jnp.sum(head.class_weights(t, ct, m.module, m.params, class_chunk=chunk) ** 3)
+
+    whole = head.class_weights(tokens, ct, m.module, m.params, class_chunk=None)
+    chunked = head.class_weights(tokens, ct, m.module, m.params, class_chunk=8)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
     np.testing.assert_allclose(np.asarray(jax.grad(loss)(tokens, 8)), np.asarray(jax.grad(loss)(tokens, None)),
                                atol=1e-5)

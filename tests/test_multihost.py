@@ -18,8 +18,9 @@ def _free_port() -> int:
 
 
 def _cmd(workdir, store, *extra):
+    # 3 epochs (6 steps) are enough to compare the two losses and to checkpoint from both processes.
     return [sys.executable, "-m", "aape_jax.main", "--config", "experiments/aape_base2new.py:runlocal",
-            f"--config.feature_store={store}", f"--workdir={workdir}", *extra]
+            f"--config.feature_store={store}", f"--workdir={workdir}", "--config.num_epochs=3", *extra]
 
 
 def _env(devices):

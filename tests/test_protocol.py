@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from aape_jax import numerics
 from aape_jax.data import protocol
 from aape_jax.data.types import Example
 
@@ -165,12 +166,12 @@ def test_accuracy_and_per_class():
 
 
 def test_harmonic_mean_and_mean_std():
-    assert protocol.harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
-    assert protocol.harmonic_mean(50.0, 50.0) == 50.0
-    assert protocol.harmonic_mean(0.0, 0.0) == 0.0
-    assert protocol.harmonic_mean(100.0, 0.0) == 0.0
+    assert numerics.harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert numerics.harmonic_mean(50.0, 50.0) == 50.0
+    assert numerics.harmonic_mean(0.0, 0.0) == 0.0
+    assert numerics.harmonic_mean(100.0, 0.0) == 0.0
     # CoCoOp's published average row: 80.47 / 71.69 -> 75.83.
-    assert protocol.harmonic_mean(80.47, 71.69) == pytest.approx(75.83, abs=0.005)
-    m, s = protocol.mean_std([1.0, 2.0, 3.0])
+    assert numerics.harmonic_mean(80.47, 71.69) == pytest.approx(75.83, abs=0.005)
+    m, s = numerics.mean_std([1.0, 2.0, 3.0])
     assert m == 2.0 and s == pytest.approx(math.sqrt(2 / 3))
-    assert protocol.mean_std([5.0]) == (5.0, 0.0)
+    assert numerics.mean_std([5.0]) == (5.0, 0.0)

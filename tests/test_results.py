@@ -155,6 +155,8 @@ def test_empty_and_missing_dirs_are_clear_errors(tmp_path: pathlib.Path, capsys)
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_harmonic_mean():
-    assert results.harmonic_mean(80.0, 60.0) == pytest.approx(68.5714285714)
-    assert results.harmonic_mean(0.0, 0.0) == 0.0
+def test_average_h_of_all_zero_accuracies_is_zero():
+    # H(0, 0) is 0/0: the Average row must show 0, not NaN or an error.
+    run = results.RunMetrics("aape", "dtd", 1, {"base_acc": 0.0, "new_acc": 0.0, "harmonic_mean": 0.0}, "m.json")
+    average = results.aggregate([run]).cells[("aape", results.AVERAGE)]
+    assert (average.base_mean, average.new_mean, average.h_mean) == (0.0, 0.0, 0.0)

@@ -29,8 +29,7 @@ from aape_jax.clip import tiny
 from aape_jax.data import feature_store as fs
 from aape_jax.data import protocol, synthetic
 from aape_jax.inference import AAPEClassifier
-from aape_jax.methods import aape_config
-from aape_jax.models.aape import AAPE
+from aape_jax.models.aape import AAPE, aape_config
 from aape_jax.prompts import MissingPromptsError, match_classes, read_class_descriptions
 from aape_jax.prompts import cli as prompts_cli
 from experiments import aape_base2new
@@ -69,7 +68,7 @@ def _make_workdir(root: pathlib.Path, clip_dir: str, method: str = "aape", steps
     shutil.copytree(clip_dir, workdir / "random_clip")
     atomic.write_json(workdir / "config.json", {"config": config.to_dict(), "git": "test"})
     frozen = clip.load(workdir / "random_clip")
-    net = AAPE(aape_config(config, frozen))
+    net = AAPE(aape_config(config.model, frozen.config))
     d = frozen.config.projection_dim
     ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
     for i, step in enumerate(steps):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from aape_jax import train
+from aape_jax.configs import classification
 from aape_jax.data import protocol
 from aape_jax.data import toyworld as world
 from aape_jax.inference import AAPEClassifier
 from aape_jax.train_step import make_logits_fn
-from experiments import common
 
 # Classes named with words pretraining never saw: zero-shot CLIP is at chance, training must supply the
 # names' meaning. (On toy_shift the gains are smaller: 6-24 points, AAPE's token head the least.)
@@ -36,7 +36,7 @@ COSINE_GAP_MIN = 0.4
 
 
 def _config(method, store, fields):
-    config = common.base2new(f"toyworld,dataset={TASK},seed=1", method)
+    config = classification.base2new(f"toyworld,dataset={TASK},seed=1", method)
     config.feature_store = str(store)
     config.update_from_flattened_dict(fields)
     return config

@@ -25,6 +25,7 @@ from aape_jax.clip.config import CLIPConfig
 from aape_jax.clip.model import CLIP, first_eot
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tokenizer import Tokenizer
+from aape_jax.numerics import padded_batches
 
 TEXT_LENGTH_BUCKET = 8
 MIN_BATCH_BUCKET = 8
@@ -53,15 +54,9 @@ def trimmed_length(ids: np.ndarray, eot_token_id: int) -> int:
 
 def run_bucketed(fn: Callable[[np.ndarray], jax.Array], rows: np.ndarray, max_batch: int) -> np.ndarray:
     """Applies `fn` to `rows` in chunks padded to power-of-two buckets; returns numpy float32."""
-    outputs = []
-    for start in range(0, len(rows), max_batch):
-        chunk = rows[start : start + max_batch]
-        size = batch_bucket(len(chunk), max_batch)
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-        outputs.append(np.asarray(fn(padded))[: len(chunk)])
-    if not outputs:
+    if len(rows) == 0:
         raise ValueError("nothing to encode: the batch is empty")
-    return np.concatenate(outputs).astype(np.float32)
+    return padded_batches(fn, rows, max_batch, pad_to=lambda n: batch_bucket(n, max_batch)).astype(np.float32)
 
 
 @dataclasses.dataclass

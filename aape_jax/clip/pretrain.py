@@ -23,6 +23,7 @@ from aape_jax.clip.config import CLIPConfig
 from aape_jax.clip.model import CLIP
 from aape_jax.clip.preprocess import ImageTransform
 from aape_jax.clip.tiny import random_params
+from aape_jax.numerics import l2_normalize
 
 MAX_LOG_SCALE = math.log(100.0)
 
@@ -56,6 +57,8 @@ def contrastive_loss(image_features: jax.Array, text_features: jax.Array, log_sc
     as a match (the target spreads evenly over them), so two captions of the
     same content in one batch are not pushed apart as false negatives.
     """
+    # A plain division, not numerics.l2_normalize (rsqrt): the cached toy CLIP and the README's
+    # toy-world numbers come from this step, and the two differ in the last bits.
     zi = image_features / jnp.linalg.norm(image_features, axis=-1, keepdims=True)
     zt = text_features / jnp.linalg.norm(text_features, axis=-1, keepdims=True)
     logits = jnp.exp(jnp.minimum(log_scale, MAX_LOG_SCALE)) * zi @ zt.T  # [B, B]
@@ -151,10 +154,8 @@ def pretrain(config: CLIPConfig, images: np.ndarray, caption_ids: np.ndarray, op
 def zero_shot_accuracy(encode_image, encode_text, pixels: np.ndarray, labels: np.ndarray,
                        prompt_ids: np.ndarray) -> float:
     """Top-1 (%) of `argmax_c cos(f(x), g(prompt_c))`: pixels [N, R, R, 3], labels [N], prompt ids [C, L]."""
-    zi = np.asarray(encode_image(pixels))
-    zt = np.asarray(encode_text(prompt_ids))
-    zi /= np.linalg.norm(zi, axis=-1, keepdims=True)
-    zt /= np.linalg.norm(zt, axis=-1, keepdims=True)
+    zi = l2_normalize(np.asarray(encode_image(pixels)))
+    zt = l2_normalize(np.asarray(encode_text(prompt_ids)))
     return float(100.0 * np.mean((zi @ zt.T).argmax(-1) == np.asarray(labels)))
 
 

@@ -48,16 +48,13 @@ from aape_jax.data.folder import list_class_dirs, list_images
 from aape_jax.data.types import Example, ImageDataset
 
 __all__ = [
-    "IMAGENET_VARIANTS",
     "VARIANT_DIRS",
-    "read_classnames_file",
+    "read_wnid_classnames",
     "load_imagenet",
     "load_imagenet_variant",
     "imagenet_subset",
     "imagenet_wnids",
 ]
-
-IMAGENET_VARIANTS: tuple[str, ...] = _classnames.VARIANTS
 
 # Candidate image folders (relative to the data root), first existing one wins.
 VARIANT_DIRS: dict[str, tuple[str, ...]] = {
@@ -71,7 +68,7 @@ VARIANT_DIRS: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_classnames_file(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+def read_wnid_classnames(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``(wnids, names)`` of a CoOp ``classnames.txt``, sorted by wnid.
 
     Raises:
@@ -125,7 +122,7 @@ def load_imagenet(root: str | os.PathLike) -> ImageDataset:
                     (ddir / "images" / "val", "val image")):
         if not p.is_dir():
             raise FileNotFoundError(f"imagenet: expected the {what} folder at {p}")
-    wnids, names = read_classnames_file(ddir / "classnames.txt")
+    wnids, names = read_wnid_classnames(ddir / "classnames.txt")
     index = {w: i for i, w in enumerate(wnids)}
     images = ddir / "images"
     train = _wnid_examples(images / "train", index, "imagenet", "train/")
@@ -152,7 +149,7 @@ def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
     folder = _find_variant_dir(root, name)
     local = folder.parent / "classnames.txt"
     if local.is_file() and folder.parent != root:
-        wnids, names = read_classnames_file(local)
+        wnids, names = read_wnid_classnames(local)
     else:
         wnids, names = imagenet_wnids(), _classnames.load("imagenet")
 

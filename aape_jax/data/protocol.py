@@ -6,8 +6,9 @@
 * :func:`few_shot` and :func:`few_shot_cached`: Dassl's
   ``generate_fewshot_dataset`` on an explicit numpy generator, and CoOp's
   practice of saving the chosen images so every method trains on the same shots.
-* :func:`accuracy`, :func:`per_class_accuracy`, :func:`harmonic_mean`,
-  :func:`mean_std`: the numbers reported in base-to-new tables.
+* :func:`accuracy`, :func:`per_class_accuracy`: the numbers reported in
+  base-to-new tables (their summaries, H and the mean ± std over seeds, are
+  :mod:`aape_jax.numerics`' ``harmonic_mean`` and ``mean_std``).
 
 The samples are not the ones CoOp's Python ``random`` draws (different RNG), so
 published numbers match in distribution, not image for image; the cache file is
@@ -36,8 +37,6 @@ __all__ = [
     "few_shot_cached",
     "accuracy",
     "per_class_accuracy",
-    "harmonic_mean",
-    "mean_std",
 ]
 
 
@@ -227,24 +226,3 @@ def per_class_accuracy(
     with np.errstate(invalid="ignore", divide="ignore"):
         return 100.0 * correct / total
 
-
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2·B·N / (B + N), the base-to-new summary; 0 when both are 0."""
-    if base < 0 or new < 0:
-        raise ValueError(f"accuracies must be >= 0, got base={base}, new={new}")
-    if base + new == 0:
-        return 0.0
-    return 2.0 * base * new / (base + new)
-
-
-def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """(mean, population std, ddof=0) over runs, e.g. the 3 seeds of a table cell.
-
-    ddof=0 because the seeds are the whole set being summarised (and it stays
-    defined for a single run, giving 0); CoOp's ``parse_test_res.py`` computes
-    ``np.std`` with the same default.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("mean_std of no values is undefined")
-    return float(v.mean()), float(v.std(ddof=0))

@@ -167,7 +167,7 @@ def draw_shape(shape: str, size: int, cx: float, cy: float, radius: float, rot: 
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+def noisy_background(size: int, rng: np.random.Generator) -> np.ndarray:
     """float32 [size, size, 3] low-saturation smooth noise plus fine grain, 0..255."""
     # Smooth blotches: a coarse random grid upsampled bicubically.
     grid = rng.uniform(70, 190, size=(5, 5, 3)).astype(np.float32)
@@ -197,7 +197,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def _render(color: str, shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One uint8 [size, size, 3] image of `color` `shape`."""
-    background = _background(size, rng)
+    background = noisy_background(size, rng)
     mask = _shape_mask(shape, size, rng)[..., None]  # [H, W, 1]
     base = np.asarray(COLORS[color], dtype=np.float32)
     # Per-image colour jitter (small: colours must stay nameable) and a linear

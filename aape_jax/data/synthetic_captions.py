@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from aape_jax.data.captions import CaptionDataset, CaptionedImage
-from aape_jax.data.synthetic import COLORS, SHAPES, _background, draw_shape
+from aape_jax.data.synthetic import COLORS, SHAPES, draw_shape, noisy_background
 
 __all__ = ["make_captioned_dataset", "CAPTIONS_PER_IMAGE"]
 
@@ -54,7 +54,7 @@ def _captions(objects: list[tuple[str, str]], rng: np.random.Generator) -> tuple
 
 def _render_scene(objects: list[tuple[str, str]], size: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 [size, size, 3]: the shapes at non-overlapping-ish random places on the background."""
-    image = _background(size, rng)
+    image = noisy_background(size, rng)
     radius = size * (0.3 if len(objects) == 1 else 0.2)
     centres: list[tuple[float, float]] = []
     for color, shape in objects:

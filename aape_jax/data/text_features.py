@@ -1,16 +1,20 @@
-"""Prompt and template embeddings from the frozen text encoder, cached in the feature store."""
+"""Prompt, template and class-text embeddings from the frozen text encoder, cached in the feature store."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from aape_jax import distributed
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data.feature_store import FeatureStore, file_digest
+from aape_jax.models.heads import ClassText, template_ids
+from aape_jax.numerics import l2_normalize
+from aape_jax.prompts.templates import fill_classes
 
 _CHUNK = 1024  # texts per progress-bar tick
 
@@ -30,7 +34,7 @@ def encode_texts(model: FrozenCLIP, texts: Sequence[str], desc: str = "text feat
     chunks = []
     for start in tqdm(range(0, len(texts), _CHUNK), desc=desc, unit="chunk", disable=len(texts) <= _CHUNK or not distributed.is_main_process()):
         z = model.encode_text(model.tokenize(list(texts[start : start + _CHUNK])))
-        chunks.append(z / np.linalg.norm(z, axis=-1, keepdims=True))
+        chunks.append(l2_normalize(z))
     out = np.concatenate(chunks).astype(np.float32)
     if not np.isfinite(out).all():
         bad = texts[int(np.argwhere(~np.isfinite(out).all(-1))[0, 0])]
@@ -76,6 +80,19 @@ def prompt_table(
 
 def template_features(model: FrozenCLIP, store: FeatureStore, template: str, classnames: Sequence[str]) -> np.ndarray:
     """Normalised embeddings of `template` filled with each class name: np.float32 [C, D] (cached)."""
-    texts = [template.format(c) for c in classnames]
+    texts = fill_classes(template, classnames)
     key = {"clip": clip_fingerprint(model), "texts": texts}
     return store.get_or_compute("templates", key, lambda: {"z": encode_texts(model, texts, "templates")})["z"]
+
+
+def class_text(model: FrozenCLIP, template: str, classnames: Sequence[str], num_tokens: int,
+               store: FeatureStore | None = None, token_prompt: str | None = None) -> ClassText:
+    """The classes' `ClassText`: normalised template features (cached in `store` when given) and the
+    token ids of `token_prompt` (default: `template`) with room for `num_tokens` inserted tokens.
+
+    AAPE inserts into the template itself, CoOp's family into "{}.".
+    """
+    features = template_features(model, store, template, classnames) if store else encode_texts(
+        model, fill_classes(template, classnames))
+    ids, eot = template_ids(model.tokenizer, fill_classes(token_prompt or template, classnames), num_tokens)
+    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot))

@@ -3,58 +3,60 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 
+from aape_jax.clip.config import CLIPConfig
 from aape_jax.models.aggregator import AGGREGATORS, AttentionAggregator, MLPAggregator
 from aape_jax.models.generator import PromptGenerator
-from aape_jax.models.heads import TOKEN_POSITIONS, FeatureHead, TokenHead, l2_normalize
-
-COMBINE_MODES = ("token", "feature")
+from aape_jax.models.heads import Head, make_head
+from aape_jax.numerics import l2_normalize
 
 
 @dataclasses.dataclass(frozen=True)
 class AAPEConfig:
-    """Geometry and variants of the learner (mirrors the experiment config's `model` block).
+    """Geometry and variants of the learner (`aape_config` builds it from the experiment config's `model` block).
 
     Attributes:
       embed_dim: D, CLIP's joint-space width.
-      token_width: W, CLIP's token-embedding width (token mode).
-      combine: "token" or "feature".
+      head: the task head (`models/heads.py`); None for a learner without one (retrieval).
       aggregator: "attention", "mean", "random" or "mlp".
       num_heads: attention heads of the attention aggregator.
       aggregator_hidden: hidden width of the MLP aggregator.
       generator_hidden: bottleneck width of the generator.
-      num_tokens: AAPE tokens inserted per image (token mode).
-      token_position: where they go (token mode): "prefix" (after [SOS]; the
-        default, see experiments/common.py) or "suffix" (before [EOT], class
-        prefixes computed once and cached, about 10x faster); see
-        `models/heads.py`. Carried to the step by `ClassText.token_position`.
     """
 
     embed_dim: int
-    token_width: int
-    combine: str = "token"
+    head: Head | None = None
     aggregator: str = "attention"
     num_heads: int = 8
     aggregator_hidden: int = 512
     generator_hidden: int = 32
-    num_tokens: int = 1
-    token_position: str = "prefix"
 
     def __post_init__(self) -> None:
-        if self.combine not in COMBINE_MODES:
-            raise ValueError(f"model.combine is {self.combine!r}; choose one of {COMBINE_MODES}")
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"model.aggregator is {self.aggregator!r}; choose one of {tuple(AGGREGATORS)}")
-        if self.token_position not in TOKEN_POSITIONS:
-            raise ValueError(f"model.token_position is {self.token_position!r}; choose one of {TOKEN_POSITIONS}")
-        for name in ("num_heads", "aggregator_hidden", "generator_hidden", "num_tokens"):
+        for name in ("num_heads", "aggregator_hidden", "generator_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.aggregator == "attention" and self.embed_dim % self.num_heads:
             raise ValueError(f"model.num_heads={self.num_heads} does not divide the embedding width {self.embed_dim}")
+
+
+def aape_config(model: Mapping[str, Any], clip_config: CLIPConfig) -> AAPEConfig:
+    """The learner of an experiment config's `model` block (a ConfigDict, or the dict of a run's config.json)
+    on a CLIP of `clip_config`'s geometry. A block with `combine` gets that head (`token_position` "prefix"
+    when the block predates it); retrieval's has none."""
+    head = None
+    if "combine" in model:
+        head = make_head(model["combine"], clip_config.projection_dim, clip_config.text.hidden_size,
+                         model["num_tokens"], model.get("token_position", "prefix"))
+    return AAPEConfig(embed_dim=clip_config.projection_dim, head=head, aggregator=model["aggregator"],
+                      num_heads=model["num_heads"], aggregator_hidden=model["aggregator_hidden"],
+                      generator_hidden=model["generator_hidden"])
 
 
 class AAPE(nn.Module):
@@ -75,10 +77,8 @@ class AAPE(nn.Module):
         else:
             self.aggregator = AGGREGATORS[c.aggregator]()
         self.generator = PromptGenerator(c.generator_hidden, c.embed_dim)
-        if c.combine == "feature":
-            self.head = FeatureHead(c.embed_dim)
-        else:
-            self.head = TokenHead(c.num_tokens, c.token_width)
+        if c.head is not None:
+            self.head = c.head.module()
 
     def summarize(self, q: jax.Array, prompts: jax.Array, mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Normalised image feature [B, D], prompts [B, M, D], mask [B, M] -> normalised p_sum [B, D]."""

@@ -1,27 +1,33 @@
-"""Task heads: combine the AAPE with the class template into per-image class weights.
+"""Task heads: each turns the AAPE into per-image class weights, in its own way.
 
-Two modes (config `model.combine`):
-  * `token` (default, the paper-faithful reading): a learned linear map takes
-    the AAPE to `num_tokens` token embeddings inserted into each class's
+A head is a small frozen description (`FeatureHead`, `TokenHead`, built from
+config `model.combine` by `make_head`) that knows its trainable Flax module,
+whether the frozen text tower runs, what it can precompute per class list
+(`class_cache`) and how it turns its output into class weights
+(`class_weights`). Nothing else decides by the mode's name.
+
+  * `TokenHead` ("token", the paper-faithful reading): a learned linear map
+    takes the AAPE to `num_tokens` token embeddings inserted into each class's
     template; the frozen text encoder, through the CLIP seam, gives `w_c(x)`
-    for every (image, class) pair, like CoCoOp. Where (`token_position`):
+    for every (image, class) pair, like CoCoOp. Where (`position`):
       - "prefix" (default): right after the start token,
         `[SOS] [AAPE] a photo of a {class}. [EOT]`;
       - "suffix": right before the end-of-text token, after the whole template
         text including its final punctuation,
         `[SOS] a photo of a {class}. [AAPE] [EOT]`. Everything before the AAPE
         is then the same for every image, so the causal text tower runs over
-        that class prefix once per class (keys/values cached per layer) and
-        per (image, class) only the T+1 positions [AAPE..., EOT] run
-        (`use_prefix_cache`, equal to the plain path within float error).
-  * `feature` (fast): `w_c(x) = n(t_c + P a(x))` with `t_c` the precomputed
-    template embedding; no text encoder in the step. `P` starts at zero, so an
-    untrained head is zero-shot CLIP.
+        that class prefix once per class (keys/values cached per layer,
+        `class_cache`) and per (image, class) only the T+1 positions
+        [AAPE..., EOT] run (equal to the plain path within float error).
+  * `FeatureHead` ("feature", fast): `w_c(x) = n(t_c + P a(x))` with `t_c` the
+    precomputed template embedding; no text encoder in the step. `P` starts at
+    zero, so an untrained head is zero-shot CLIP.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -31,32 +37,27 @@ import numpy as np
 
 from aape_jax.clip.model import CLIP, PrefixKV
 from aape_jax.clip.tokenizer import Tokenizer
+from aape_jax.numerics import l2_normalize
 
-
+COMBINE_MODES = ("token", "feature")
+TOKEN_POSITIONS = ("prefix", "suffix")
 # Classes per chunk of the whole-sequence token path (memory vs. per-chunk overhead).
 CLASS_CHUNK = 16
 
 
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-12))
-
-
 @flax.struct.dataclass
 class ClassText:
-    """What a head needs of the candidate classes (built once per class list).
+    """The candidate classes' template text, as every head reads it (built once per class list).
 
     Attributes:
-      features: normalised template embeddings t_c [C, D] (feature mode).
-      ids: template token ids [C, L], L just long enough for the inserted tokens (token mode).
-      eot: position of each template's end-of-text token [C] before insertion (token mode).
-      token_position: where the AAPE tokens go (token mode): "prefix" (after
-        [SOS]) or "suffix" (before [EOT]); static, part of the jit signature.
+      features: normalised template embeddings t_c [C, D].
+      ids: template token ids [C, L], L just long enough for the inserted tokens.
+      eot: position of each template's end-of-text token [C] before insertion.
     """
 
     features: jax.Array
     ids: jax.Array
     eot: jax.Array
-    token_position: str = flax.struct.field(pytree_node=False, default="prefix")
 
     @property
     def num_classes(self) -> int:
@@ -79,9 +80,6 @@ def template_ids(tokenizer: Tokenizer, prompts: list[str], num_tokens: int) -> t
             f"more than the text encoder's context of {tokenizer.context_length}"
         )
     return ids[:, : needed - num_tokens].astype(np.int32), eot.astype(np.int32)
-
-
-TOKEN_POSITIONS = ("prefix", "suffix")
 
 
 def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array,
@@ -117,40 +115,6 @@ def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array,
     return x, positions
 
 
-class FeatureHead(nn.Module):
-    """`w_c(x) = n(t_c + P a(x))`; P is zero at initialisation.
-
-    Attributes:
-      embed_dim: D.
-    """
-
-    embed_dim: int
-
-    @nn.compact
-    def __call__(self, aape: jax.Array) -> jax.Array:
-        return nn.Dense(self.embed_dim, use_bias=False, kernel_init=nn.initializers.zeros, name="proj")(aape)
-
-
-class TokenHead(nn.Module):
-    """A linear map from the AAPE to `num_tokens` token embeddings of width W.
-
-    Attributes:
-      num_tokens: prompt tokens inserted per image.
-      token_width: W, the text encoder's token-embedding width.
-      init_std: std of the map's initial weights (CLIP's token embeddings have std ~0.02).
-    """
-
-    num_tokens: int
-    token_width: int
-    init_std: float = 0.02
-
-    @nn.compact
-    def __call__(self, aape: jax.Array) -> jax.Array:
-        out = nn.Dense(self.num_tokens * self.token_width, kernel_init=nn.initializers.normal(self.init_std),
-                       name="proj")(aape)  # [B, T*W]
-        return out.reshape(aape.shape[0], self.num_tokens, self.token_width)  # [B, T, W]
-
-
 @flax.struct.dataclass
 class ClassPrefixCache:
     """The frozen text tower's per-layer keys/values over each class's template before [EOT].
@@ -178,59 +142,149 @@ def class_prefix_cache(class_text: ClassText, clip_module: CLIP, clip_params: An
     return ClassPrefixCache(layers=layers, eot_embed=eot_embed)
 
 
-def class_weights(
-    combine: str,
-    head_out: jax.Array,
-    class_text: ClassText,
-    clip_module: CLIP | None = None,
-    clip_params: Any = None,
-    *,
-    use_prefix_cache: bool = True,
-    prefix_cache: ClassPrefixCache | None = None,
-    class_chunk: int | None = CLASS_CHUNK,
-) -> jax.Array:
-    """Per-image normalised class weights [B, C, D] from the head's output.
+class FeatureProjection(nn.Module):
+    """`P a(x)`, the feature head's trainable map; P is zero at initialisation.
 
-    Args:
-      combine: "feature" or "token".
-      head_out: `P a(x)` [B, D] (feature) or the prompt tokens [B, T, W] (token).
-      class_text: the candidate classes (its `token_position` says where tokens go).
-      clip_module, clip_params: the frozen CLIP (token mode only), passed as arguments.
-      use_prefix_cache: token mode with "suffix": run the class prefixes once
-        and only [AAPE..., EOT] per (image, class). False: the plain path, the
-        whole sequence per pair (the reference the cached path is tested against).
-      prefix_cache: a precomputed `class_prefix_cache` for these classes (else computed here).
-      class_chunk: the whole-sequence path runs the classes in chunks of this
-        size, each rematerialised in the backward pass, so training memory grows
-        with the chunk, not with B x C (None: all classes at once).
+    Attributes:
+      embed_dim: D.
     """
+
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, aape: jax.Array) -> jax.Array:
+        return nn.Dense(self.embed_dim, use_bias=False, kernel_init=nn.initializers.zeros, name="proj")(aape)
+
+
+class TokenProjection(nn.Module):
+    """A linear map from the AAPE to `num_tokens` token embeddings of width W.
+
+    Attributes:
+      num_tokens: prompt tokens inserted per image.
+      token_width: W, the text encoder's token-embedding width.
+      init_std: std of the map's initial weights (CLIP's token embeddings have std ~0.02).
+    """
+
+    num_tokens: int
+    token_width: int
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, aape: jax.Array) -> jax.Array:
+        out = nn.Dense(self.num_tokens * self.token_width, kernel_init=nn.initializers.normal(self.init_std),
+                       name="proj")(aape)  # [B, T*W]
+        return out.reshape(aape.shape[0], self.num_tokens, self.token_width)  # [B, T, W]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureHead:
+    """`w_c(x) = n(t_c + P a(x))`: template embeddings shifted per image, no text tower.
+
+    Attributes:
+      embed_dim: D, CLIP's joint-space width.
+    """
+
+    embed_dim: int
+    uses_text_tower: ClassVar[bool] = False
+    num_tokens: ClassVar[int] = 0
+
+    def module(self) -> nn.Module:
+        return FeatureProjection(self.embed_dim)
+
+    def class_cache(self, class_text: ClassText, clip_module: CLIP | None, clip_params: Any) -> None:
+        """Nothing to precompute beyond the template features."""
+        return None
+
+    def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: CLIP | None = None,
+                      clip_params: Any = None, cache: None = None) -> jax.Array:
+        """`P a(x)` [B, D] -> normalised per-image class weights [B, C, D]."""
+        return l2_normalize(class_text.features[None] + head_out[:, None])
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenHead:
+    """Per-image tokens inserted into every class's template, through the frozen text tower.
+
+    Attributes:
+      num_tokens: T, tokens per image (the AAPE's; CoOp's context length for the baselines).
+      token_width: W, the text encoder's token-embedding width.
+      position: "prefix" (after [SOS]) or "suffix" (before [EOT], class prefixes cached).
+    """
+
+    num_tokens: int
+    token_width: int
+    position: str = "prefix"
+    uses_text_tower: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.position not in TOKEN_POSITIONS:
+            raise ValueError(f"model.token_position is {self.position!r}; choose one of {TOKEN_POSITIONS}")
+        if self.num_tokens < 1:
+            raise ValueError(f"model.num_tokens must be >= 1, got {self.num_tokens}")
+
+    def module(self) -> nn.Module:
+        return TokenProjection(self.num_tokens, self.token_width)
+
+    def class_cache(self, class_text: ClassText, clip_module: CLIP, clip_params: Any) -> ClassPrefixCache | None:
+        """For "suffix", the classes' `class_prefix_cache` (what every image shares); else None."""
+        return class_prefix_cache(class_text, clip_module, clip_params) if self.position == "suffix" else None
+
+    def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: CLIP, clip_params: Any,
+                      cache: ClassPrefixCache | None = None, *, use_prefix_cache: bool = True,
+                      class_chunk: int | None = CLASS_CHUNK) -> jax.Array:
+        """Prompt tokens [B, T, W] -> normalised per-image class weights [B, C, D].
+
+        Args:
+          head_out: the prompt tokens [B, T, W] (a batch of 1 broadcasts, for CoOp's shared context).
+          class_text: the candidate classes.
+          clip_module, clip_params: the frozen CLIP, passed as arguments.
+          cache: "suffix": the classes' `class_cache` (else computed here).
+          use_prefix_cache: "suffix": run the class prefixes once and only
+            [AAPE..., EOT] per (image, class). False: the plain path, the whole
+            sequence per pair (the reference the cached path is tested against).
+          class_chunk: the whole-sequence path runs the classes in chunks of this
+            size, each rematerialised in the backward pass, so training memory
+            grows with the chunk, not with B x C (None: all classes at once).
+        """
+        b, c = head_out.shape[0], class_text.num_classes
+        if self.position == "suffix" and use_prefix_cache:
+            cache = cache if cache is not None else class_prefix_cache(class_text, clip_module, clip_params)
+            t, w = head_out.shape[1:]
+            tokens = jnp.broadcast_to(head_out[:, None].astype(cache.eot_embed.dtype), (b, c, t, w))  # [B, C, T, W]
+            eot = jnp.broadcast_to(cache.eot_embed[None, :, None], (b, c, 1, w))  # [B, C, 1, W]
+            z = clip_module.apply({"params": clip_params}, jnp.concatenate([tokens, eot], axis=2), cache.layers,
+                                  method=CLIP.encode_text_after_prefix)  # [B, C, D]
+            return l2_normalize(z)
+        embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
+
+        def encode_pairs(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
+            chunk_embeds, chunk_eot = chunk  # [K, L, W], [K]
+            x, eot = insert_tokens(chunk_embeds, chunk_eot, head_out, self.position)
+            z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*K, D]
+            return z.reshape(b, chunk_eot.shape[0], -1)  # [B, K, D]
+
+        if class_chunk is None or c <= class_chunk:
+            return l2_normalize(encode_pairs((embeds, class_text.eot)))  # [B, C, D]
+        n = -(-c // class_chunk)
+        pad = n * class_chunk - c  # repeat the last class; its scores are dropped below
+        chunks = (jnp.concatenate([embeds, jnp.repeat(embeds[-1:], pad, 0)]).reshape(n, class_chunk,
+                                                                                      *embeds.shape[1:]),
+                  jnp.concatenate([class_text.eot, jnp.repeat(class_text.eot[-1:], pad)]).reshape(n, class_chunk))
+        z = jax.lax.map(jax.checkpoint(encode_pairs), chunks)  # [n, B, K, D]
+        return l2_normalize(z.transpose(1, 0, 2, 3).reshape(b, n * class_chunk, -1)[:, :c])  # [B, C, D]
+
+
+Head = FeatureHead | TokenHead
+
+
+def make_head(combine: str, embed_dim: int, token_width: int, num_tokens: int = 1,
+              token_position: str = "prefix") -> Head:
+    """The head of config `model.combine`: the one place the mode's name is read."""
     if combine == "feature":
-        return l2_normalize(class_text.features[None] + head_out[:, None])  # [B, C, D]
-    b, c = head_out.shape[0], class_text.num_classes
-    if class_text.token_position == "suffix" and use_prefix_cache:
-        cache = prefix_cache if prefix_cache is not None else class_prefix_cache(class_text, clip_module, clip_params)
-        t, w = head_out.shape[1:]
-        tokens = jnp.broadcast_to(head_out[:, None].astype(cache.eot_embed.dtype), (b, c, t, w))  # [B, C, T, W]
-        eot = jnp.broadcast_to(cache.eot_embed[None, :, None], (b, c, 1, w))  # [B, C, 1, W]
-        z = clip_module.apply({"params": clip_params}, jnp.concatenate([tokens, eot], axis=2), cache.layers,
-                              method=CLIP.encode_text_after_prefix)  # [B, C, D]
-        return l2_normalize(z)
-    embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
-
-    def encode_pairs(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
-        chunk_embeds, chunk_eot = chunk  # [K, L, W], [K]
-        x, eot = insert_tokens(chunk_embeds, chunk_eot, head_out, class_text.token_position)
-        z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*K, D]
-        return z.reshape(b, chunk_eot.shape[0], -1)  # [B, K, D]
-
-    if class_chunk is None or c <= class_chunk:
-        return l2_normalize(encode_pairs((embeds, class_text.eot)))  # [B, C, D]
-    n = -(-c // class_chunk)
-    pad = n * class_chunk - c  # repeat the last class; its scores are dropped below
-    chunks = (jnp.concatenate([embeds, jnp.repeat(embeds[-1:], pad, 0)]).reshape(n, class_chunk, *embeds.shape[1:]),
-              jnp.concatenate([class_text.eot, jnp.repeat(class_text.eot[-1:], pad)]).reshape(n, class_chunk))
-    z = jax.lax.map(jax.checkpoint(encode_pairs), chunks)  # [n, B, K, D]
-    return l2_normalize(z.transpose(1, 0, 2, 3).reshape(b, n * class_chunk, -1)[:, :c])  # [B, C, D]
+        return FeatureHead(embed_dim)
+    if combine == "token":
+        return TokenHead(num_tokens, token_width, token_position)
+    raise ValueError(f"model.combine is {combine!r}; choose one of {COMBINE_MODES}")
 
 
 def class_logits(image_features: jax.Array, weights: jax.Array, logit_scale: jax.Array) -> jax.Array:

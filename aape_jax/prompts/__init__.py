@@ -18,7 +18,7 @@ from aape_jax.prompts.aliases import ALIASES, aliases_for
 from aape_jax.prompts.captions import read_coco_captions, read_jsonl_captions
 from aape_jax.prompts.cupl import read_class_descriptions
 from aape_jax.prompts.matching import MatchResult, MissingPromptsError, match_classes, normalize_name
-from aape_jax.prompts.templates import DATASET_TEMPLATES, IMAGENET_TEMPLATES, SINGLE_TEMPLATE, fill
+from aape_jax.prompts.templates import DATASET_TEMPLATES, IMAGENET_TEMPLATES, SINGLE_TEMPLATE, fill, fill_classes
 
 __all__ = [
     "ALIASES",
@@ -29,6 +29,7 @@ __all__ = [
     "SINGLE_TEMPLATE",
     "aliases_for",
     "fill",
+    "fill_classes",
     "match_classes",
     "normalize_name",
     "read_class_descriptions",

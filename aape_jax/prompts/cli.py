@@ -63,7 +63,7 @@ def _fail(label: str | None, message: str, key: str = "dataset") -> int:
     return 2
 
 
-def read_classnames_file(path: str | os.PathLike[str]) -> list[str]:
+def read_classname_lines(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a text file, one a line (stripped; blank lines skipped), in order."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -93,7 +93,7 @@ def _classes(args: argparse.Namespace) -> tuple[str, list[str]]:
         return "classes", names
     if args.classnames is not None:
         label = args.dataset or os.path.splitext(os.path.basename(args.classnames))[0]
-        return label, read_classnames_file(args.classnames)
+        return label, read_classname_lines(args.classnames)
     if args.dataset is None:
         raise UsageError("give --dataset NAME or --classnames FILE")
     return args.dataset, _dataset_classnames(args.dataset)

@@ -111,6 +111,11 @@ def fill(templates: Sequence[str], classname: str) -> list[str]:
     return [t.replace("{}", classname) for t in templates]
 
 
+def fill_classes(template: str, classnames: Sequence[str]) -> list[str]:
+    """`template` filled with each class name, in order (`fill` of one template per class)."""
+    return [t for c in classnames for t in fill((template,), c)]
+
+
 # CoOp's hand-crafted prompt per dataset (its CUSTOM_TEMPLATES), the "hand-crafted"
 # prompt of zero-shot CLIP rows and of KgCoOp's regulariser in base-to-new tables.
 DATASET_TEMPLATES: dict[str, str] = {

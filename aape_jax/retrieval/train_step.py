@@ -30,16 +30,14 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from aape_jax import losses
 from aape_jax.models.aape import AAPE, AAPEConfig
-from aape_jax.models.heads import l2_normalize
-from aape_jax.train_step import LossWeights, batch_prompts, make_step
+from aape_jax.numerics import l2_normalize
+from aape_jax.train_step import LossWeights, batch_prompts
+from aape_jax.trainer import Batch  # prompt_rows [B] is the image index here
 
 SCORES = ("sum", "gate")
-
-Batch = dict[str, jax.Array]  # features [B, D], labels [B], prompt_rows [B] (= image index), index [B]
 
 
 @flax.struct.dataclass
@@ -61,7 +59,7 @@ class RetrievalAAPE(nn.Module):
     """AAPE's aggregator and generator, plus the image-side combination for retrieval.
 
     Attributes:
-      config: the AAPE geometry (its `combine`/head is never used here, so no head parameters exist).
+      config: the AAPE geometry, without a head (`head=None`: retrieval scores the image side only).
       score: "sum" (fixed gamma = alpha) or "gate" (learned gamma, initialised at alpha).
       alpha: weight of n(a) added to q.
     """
@@ -105,7 +103,7 @@ def _pick_captions(prompts: jax.Array, mask: jax.Array, keys: jax.Array) -> jax.
 
 
 def make_loss_fn(model: RetrievalAAPE, weights: LossWeights, axis_name: str | None = None) -> Callable:
-    """Returns `loss_fn(params, batch, data, key) -> (loss, parts)`.
+    """Returns `loss_fn(params, batch, data, key) -> (loss, parts)` (`aape_jax.trainer` makes the step).
 
     With `axis_name` (pmap) both contrastive terms run over the global batch
     gathered across devices, as in `aape_jax.train_step.make_loss_fn`, so pmap
@@ -134,13 +132,6 @@ def make_loss_fn(model: RetrievalAAPE, weights: LossWeights, axis_name: str | No
                        "gamma": gamma}
 
     return loss_fn
-
-
-def make_train_step(model: RetrievalAAPE, tx: optax.GradientTransformation, weights: LossWeights,
-                    axis_name: str | None = None) -> Callable:
-    """The pure `train_step(state, batch, data, base_key) -> (state, metrics)`: this loss through the
-    shared `aape_jax.train_step.make_step` (step key `fold_in(base_key, step)`, gradient `pmean` under pmap)."""
-    return make_step(make_loss_fn(model, weights, axis_name), tx, axis_name)
 
 
 def make_embed_fn(model: RetrievalAAPE) -> Callable[[Any, jax.Array], jax.Array]:

@@ -1,0 +1,66 @@
+"""Stage 1 of every task: the configured frozen CLIP, and the image features it computes once into the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from aape_jax import clip as clip_lib
+from aape_jax import distributed, toyworld
+from aape_jax.clip.frozen import FrozenCLIP
+from aape_jax.clip.tiny import write_checkpoint
+from aape_jax.data.feature_store import FeatureStore, extract_image_features
+from aape_jax.data.text_features import clip_fingerprint
+from aape_jax.data.types import Example
+
+# Images per encoder call during extraction: the progress bar moves once per call. (The features can
+# differ from those of another batch size in the last float bits: XLA compiles each padded batch
+# shape on its own. The feature-store key does not include it, so existing entries stay in use.)
+EXTRACT_BATCH = 32
+
+
+def load_clip(config: ml_collections.ConfigDict, workdir: str) -> FrozenCLIP:
+    """The configured CLIP: a checkpoint, the toy world's pretrained one ("toyworld"), or a random one
+    written into the workdir when `config.clip` is empty."""
+    dtype = jnp.dtype(config.clip_dtype)
+    if config.clip == toyworld.CLIP_NAME:
+        # Pretrained once per machine and cached (aape_jax.toyworld); process 0 first, so that
+        # processes sharing a machine do not all pretrain.
+        tokenizer_dir = config.toyworld_tokenizer_dir or None
+        path = toyworld.pretrained_clip(tokenizer_dir) if distributed.is_main_process() else None
+        distributed.barrier("toy-world clip ready")
+        return clip_lib.load(path or toyworld.pretrained_clip(tokenizer_dir), dtype=dtype)
+    if config.clip:
+        return clip_lib.load(config.clip, dtype=dtype)
+    directory = os.path.join(workdir, "random_clip")
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        if distributed.is_main_process():
+            logging.info("writing a randomly initialised %s CLIP to %s", config.random_clip_geometry, directory)
+            write_checkpoint(directory, config.random_clip_geometry, seed=0)
+        distributed.barrier("random clip written")
+    return clip_lib.load(directory, dtype=dtype)
+
+
+def image_features(model: FrozenCLIP, store: FeatureStore, examples: list[Example], data_key: dict, *,
+                   augment: bool, views: int, seed: int, desc: str) -> np.ndarray:
+    """Cached CLIP image features [N, views, D] (normalised later, in the step)."""
+    key = {
+        "clip": clip_fingerprint(model),
+        "transform": dataclasses.asdict(model.transform),
+        "data": data_key,
+        "examples": [[e.key, e.label] for e in examples],
+        "augment": augment, "views": views, "seed": seed,
+    }
+
+    def compute(rows: slice) -> dict[str, np.ndarray]:
+        z = extract_image_features(model.encode_image, examples, model.transform, views=views, seed=seed,
+                                   augment=augment, batch_size=min(model.max_batch, EXTRACT_BATCH), desc=desc,
+                                   rows=rows)
+        return {"z": z}
+
+    return store.get_or_compute_sharded("images", key, len(examples), compute)["z"]
