@@ -1,13 +1,19 @@
-"""The benchmarks run end to end in their tiny smoke mode (never timed here) and end with their JSON line."""
+"""The benchmarks (`aape_jax/bench/`): they run end to end in their tiny smoke mode (never timed here) and
+end with their JSON line; PyTorch stays inside `aape_jax/bench/torch_reference.py`, out of every other
+module of the package and out of the processes that only train or classify."""
 
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = pathlib.Path(REPO) / "aape_jax"
 
 KEYS = {
     "towers": {"image_ratio", "text_ratio", "mfu_image"},
@@ -15,13 +21,19 @@ KEYS = {
     "inference": {"zeroshot_cost_over_aape_c100"},
     "features": {"rerun_speedup"},
 }
+# Only the benchmarks that compare against PyTorch report its versions on their machine line.
+COMPARES_WITH_TORCH = {"towers", "train_step"}
+
+
+def _one_cpu_env() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one CPU device, as a user's run
+    return env
 
 
 @pytest.mark.parametrize("name", sorted(KEYS))
 def test_benchmark_smoke_prints_json_last(name):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = ""  # one CPU device, as a user's run
-    out = subprocess.run([sys.executable, "-m", "aape_jax.bench", name, "--smoke"], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "aape_jax.bench", name, "--smoke"], cwd=REPO, env=_one_cpu_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
@@ -30,3 +42,96 @@ def test_benchmark_smoke_prints_json_last(name):
     for key in KEYS[name]:
         assert isinstance(result[key], float) and result[key] > 0, (key, result[key])
     assert f"== bench {name}" in out.stdout and "machine:" in out.stdout
+    machine = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("machine:")).split(":", 1)[1])
+    assert ("torch" in machine) == (name in COMPARES_WITH_TORCH), machine
+
+
+def test_layout():
+    """A subpackage: entry point and JAX side, and the PyTorch side in its own module; no old bench.py."""
+    assert not (PACKAGE / "bench.py").exists()
+    for name in ("__init__.py", "__main__.py", "torch_reference.py"):
+        assert (PACKAGE / "bench" / name).is_file(), name
+
+
+# Modules a training or classifying process imports; `aape_jax.bench` itself loads torch only inside
+# the benchmarks that compare against it.
+TORCH_FREE_MODULES = ("aape_jax", "aape_jax.main", "aape_jax.train", "aape_jax.inference",
+                      "aape_jax.retrieval.train", "aape_jax.bench")
+
+
+def test_package_imports_leave_torch_and_transformers_unloaded():
+    script = textwrap.dedent(f"""
+        import importlib, json, sys
+        loaded = {{}}
+        for name in {TORCH_FREE_MODULES!r}:
+            importlib.import_module(name)
+            loaded[name] = sorted(m for m in ("torch", "transformers", "aape_jax.bench.torch_reference")
+                                  if m in sys.modules)
+        print(json.dumps(loaded))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_one_cpu_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == {name: [] for name in TORCH_FREE_MODULES}, loaded
+
+
+_TORCH_IMPORT = re.compile(r"^([ \t]*)(?:import|from)\s+(torch|transformers)\b", re.MULTILINE)
+# Files that need torch/transformers for a reason of their own, imported lazily inside the one function
+# that needs them (an indented import; a top-level one still fails below):
+LAZY_TORCH_ALLOWED = {
+    "aape_jax/clip/weights.py",  # reading a PyTorch-pickled pytorch_model.bin needs torch.load
+    "aape_jax/prompts/generate.py",  # generating class descriptions with a local transformers causal LM
+}
+
+
+def test_no_torch_outside_the_bench_subpackage():
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("aape_jax/bench/"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "torch_reference" not in text, f"{rel} mentions aape_jax.bench.torch_reference"
+        for m in _TORCH_IMPORT.finditer(text):
+            top_level = not m.group(1)
+            if rel not in LAZY_TORCH_ALLOWED or top_level:
+                found.setdefault(rel, []).append(m.group(0).strip())
+    assert not found, f"torch/transformers imported outside aape_jax/bench/: {found}"
+
+
+def test_missing_vocabulary_is_a_clear_error_before_any_work(monkeypatch, capsys, tmp_path):
+    from aape_jax import bench, toyworld
+
+    def never(*args, **kwargs):
+        raise AssertionError("a benchmark started without the vocabulary")
+
+    monkeypatch.setitem(bench.BENCHMARKS, "towers", never)
+    monkeypatch.setattr(bench, "write_checkpoint", never)
+
+    def nothing_found():
+        raise FileNotFoundError("looked in /nowhere")
+
+    monkeypatch.setattr(toyworld, "default_tokenizer_dir", nothing_found)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["towers"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer_dir" in err and "AAPE_CLIP_TOKENIZER_DIR" in err, err
+
+    with pytest.raises(SystemExit):
+        bench.main(["towers", "--tokenizer_dir", str(tmp_path)])  # exists, but holds no vocab.json
+    err = capsys.readouterr().err
+    assert "--tokenizer_dir" in err and "vocab.json" in err, err
+
+
+def test_default_vocabulary_is_the_toyworld_search(monkeypatch, tmp_path):
+    from aape_jax import bench
+
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_text("{}")
+    monkeypatch.setenv("AAPE_CLIP_TOKENIZER_DIR", str(tmp_path))
+    seen = []
+    monkeypatch.setitem(bench.BENCHMARKS, "towers", lambda args: seen.append(args.tokenizer_dir))
+    bench.main(["towers"])
+    assert seen == [str(tmp_path)]

@@ -9,11 +9,17 @@ r"""Benchmarks: ours vs transformers' PyTorch CLIP on the same weights, in one p
 Every benchmark prints its configuration, the machine and its figures, and as
 its LAST line one JSON object. Weights: a random CLIP of the real ViT-B/16
 geometry (`clip.tiny.write_checkpoint`, the real 49,408-token vocabulary from
-`--tokenizer_dir`), loaded by our `clip.load` and by
-`transformers.CLIPModel.from_pretrained` from the same directory. Timings: a
-warm-up call (compilation) excluded, then the median of `--repeats` calls,
-each blocking until its result is ready. PyTorch runs fp32 with all cores
-(`torch.set_num_threads(os.cpu_count())`), on the GPU when there is one.
+`--tokenizer_dir`, default `aape_jax.toyworld.default_tokenizer_dir()`:
+`$AAPE_CLIP_TOKENIZER_DIR`, else the known places), loaded by our `clip.load`
+and by `transformers.CLIPModel.from_pretrained` from the same directory.
+Timings: a warm-up call (compilation) excluded, then the median of
+`--repeats` calls, each blocking until its result is ready. PyTorch runs fp32
+with all cores (`torch.set_num_threads(os.cpu_count())`), on the GPU when
+there is one.
+
+This module is the JAX side; the PyTorch side (reference CLIP, the PyTorch
+AAPE step) is `aape_jax.bench.torch_reference`, imported only by the
+benchmarks that compare against it (`towers`, `train_step`).
 """
 
 from __future__ import annotations
@@ -33,17 +39,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from aape_jax import clip as clip_lib
-from aape_jax import zeroshot
-from aape_jax.clip.frozen import FrozenCLIP, _encode_image
+from aape_jax import toyworld, trainer, zeroshot
+from aape_jax.clip.frozen import FrozenCLIP
+from aape_jax.clip.model import CLIP
 from aape_jax.clip.tiny import write_checkpoint
+from aape_jax.configs.classification import base2new
+from aape_jax.data.text_features import class_text
+from aape_jax.errors import ConfigError
 from aape_jax.inference import AAPEClassifier
 from aape_jax.models.aape import AAPE, AAPEConfig
-from aape_jax.models.heads import ClassText, template_ids
+from aape_jax.models.heads import make_head
+from aape_jax.train_step import LossWeights, StepData, make_loss_fn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TOKENIZER_DIR = os.path.join(REPO, "..", "shared", "data", "clip_tokenizer")
+# The directory holding the `aape_jax` package (put on the memory subprocess's path).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER_ENV = "AAPE_CLIP_TOKENIZER_DIR"
+_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 TEMPLATE = "a photo of a {}."
 # Class names of realistic length (1-4 words), cycled to any C.
 _NAMES = ("golden retriever", "tabby cat", "red fox", "airliner", "sports car", "school bus", "mountain bike",
@@ -71,10 +85,8 @@ def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-    import transformers
-
+def machine_info(reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This machine and JAX; `reference` adds the PyTorch side's (`torch_reference.machine_info()`)."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -82,48 +94,39 @@ def machine_info() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     dev = jax.devices()[0]
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-        "transformers": transformers.__version__, "jax_device": f"{dev.platform}:{dev.device_kind}",
-        "jax_devices": jax.device_count(), "torch_device": torch_device(), "torch_threads": torch.get_num_threads(),
-    }
+    info = {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+            "jax_device": f"{dev.platform}:{dev.device_kind}", "jax_devices": jax.device_count()}
+    return {**info, **(reference or {})}
 
 
-def torch_device() -> str:
-    import torch
+def resolve_tokenizer_dir(flag: str | None) -> str:
+    """The real CLIP vocabulary's directory: `--tokenizer_dir`, else `toyworld.default_tokenizer_dir()`."""
+    if flag:
+        missing = [f for f in _TOKENIZER_FILES if not os.path.isfile(os.path.join(flag, f))]
+        if missing:
+            raise ConfigError(f"--tokenizer_dir {flag} has no {' or '.join(missing)}",
+                              hint="pass the directory holding the real CLIP vocab.json and merges.txt")
+        return os.path.abspath(flag)
+    try:
+        return toyworld.default_tokenizer_dir()
+    except FileNotFoundError as e:
+        raise ConfigError(
+            "the benchmarks' ViT-B/16 CLIP needs the real CLIP vocabulary (vocab.json, merges.txt): pass "
+            f"--tokenizer_dir DIR or set {TOKENIZER_ENV} (aape_jax.toyworld.default_tokenizer_dir() found none: {e})",
+            hint="--smoke runs without it") from e
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def torch_sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def make_checkpoint(directory: str, smoke: bool, tokenizer_dir: str) -> str:
+def make_checkpoint(directory: str, smoke: bool, tokenizer_dir: str | None) -> str:
     """A random CLIP: real ViT-B/16 geometry and vocabulary, or `tiny` (own vocabulary) with --smoke."""
     if smoke:
         return write_checkpoint(directory, "tiny", seed=0)
-    if not os.path.isfile(os.path.join(tokenizer_dir, "vocab.json")):
-        raise FileNotFoundError(f"no vocab.json in --tokenizer_dir {tokenizer_dir} (../shared/data/clip_tokenizer)")
-    return write_checkpoint(directory, "vit-b-16", seed=0, tokenizer_dir=tokenizer_dir)
+    return write_checkpoint(directory, "vit-b-16", seed=0, tokenizer_dir=resolve_tokenizer_dir(tokenizer_dir))
 
 
-def load_reference(directory: str):
-    """transformers' PyTorch CLIPModel on the same weights, fp32, eval mode."""
-    import torch
-    import transformers
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    return transformers.CLIPModel.from_pretrained(directory, dtype=torch.float32).eval().to(torch_device())
-
-
-def report(name: str, config: dict, figures: dict, result: dict) -> None:
+def report(name: str, config: dict, figures: dict, result: dict, reference: dict | None = None) -> None:
     print(f"== bench {name}")
     print("config:", json.dumps(config))
-    print("machine:", json.dumps(machine_info()))
+    print("machine:", json.dumps(machine_info(reference)))
     for k, v in figures.items():
         print(f"  {k}: {v}")
     print(json.dumps(result), flush=True)
@@ -135,19 +138,12 @@ def _round(x: float, n: int = 4) -> float:
 
 def matmul_peak(size: int, repeats: int) -> dict[str, float]:
     """Measured fp32 matmul FLOP/s of this machine, with JAX and with PyTorch ([size, size] @ [size, size])."""
-    import torch
+    from aape_jax.bench import torch_reference
 
     a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)).astype(np.float32))
     mm = jax.jit(lambda x, y: x @ y)
     t_jax = timeit(lambda: mm(a, a).block_until_ready(), repeats)
-    ta = torch.randn(size, size, device=torch_device())
-
-    def torch_mm():
-        with torch.inference_mode():
-            torch.mm(ta, ta)
-        torch_sync()
-
-    t_torch = timeit(torch_mm, repeats)
+    t_torch = timeit(torch_reference.matmul_call(size), repeats)
     flops = 2 * size**3
     return {"jax": flops / t_jax, "torch": flops / t_torch}
 
@@ -156,46 +152,36 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
 
 
 def bench_towers(args: argparse.Namespace) -> None:
-    import torch
+    from aape_jax.bench import torch_reference
 
     with tempfile.TemporaryDirectory() as d:
         path = make_checkpoint(d, args.smoke, args.tokenizer_dir)
         ours = clip_lib.load(path)
-        ref = load_reference(path)
+        ref = torch_reference.load_reference(path)
     r = ours.config.vision.image_size
     n_img, n_txt = (8, 16) if args.smoke else (args.images, args.prompts)
     pixels = np.random.default_rng(0).normal(size=(n_img, r, r, 3)).astype(np.float32)
     ids77 = ours.tokenize([TEMPLATE.format(c) for c in class_names(n_txt)])  # [N, 77]: OpenAI's context
     trimmed = int(ours.tokenizer.eot_positions(ids77).max()) + 1
-    dev = torch_device()
-    t_pix = torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()).to(dev)  # NCHW
-    t_ids77 = torch.from_numpy(ids77.astype(np.int64)).to(dev)
-    t_ids_trim = t_ids77[:, :trimmed]
-
-    def torch_call(fn):
-        def run():
-            with torch.inference_mode():
-                fn()
-            torch_sync()
-        return run
+    towers = torch_reference.Towers(ref, pixels, ids77, trimmed)
 
     # Equal outputs first: the comparison is between the same computation.
-    with torch.inference_mode():
-        ref_img = ref.get_image_features(pixel_values=t_pix).pooler_output.cpu().numpy()
-        ref_txt = ref.get_text_features(input_ids=t_ids77).pooler_output.cpu().numpy()
+    ref_img, ref_txt = towers.features()
     err_img = float(np.abs(ours.encode_image(pixels) - ref_img).max())
     err_txt = float(np.abs(ours.encode_text(ids77) - ref_txt).max())
 
     rep = args.repeats
     t_img_ours = timeit(lambda: ours.encode_image(pixels), rep)
-    t_img_ref = timeit(torch_call(lambda: ref.get_image_features(pixel_values=t_pix)), rep)
+    t_img_ref = timeit(towers.image_call(), rep)
     t_txt_ours = timeit(lambda: ours.encode_text(ids77), rep)
-    t_txt_ref = timeit(torch_call(lambda: ref.get_text_features(input_ids=t_ids77)), rep)
-    t_txt_ref_trim = timeit(torch_call(lambda: ref.get_text_features(input_ids=t_ids_trim)), rep)
+    t_txt_ref = timeit(towers.text_call(), rep)
+    t_txt_ref_trim = timeit(towers.text_call(trimmed=True), rep)
 
     # Achieved FLOP/s of our image tower (XLA's own FLOP count of the compiled program) / measured matmul peak.
-    lowered = _encode_image.lower(ours.module, ours.params, jnp.asarray(pixels))
-    cost = lowered.compile().cost_analysis()
+    # The same program `FrozenCLIP.encode_image` runs on this batch (its bucket of n_img=8 rows is n_img).
+    module = ours.module
+    encode_image = jax.jit(lambda params, x: module.apply({"params": params}, x, method=CLIP.encode_image))
+    cost = encode_image.lower(ours.params, jnp.asarray(pixels)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops_img = float(cost["flops"]) / n_img
     peak = matmul_peak(512 if args.smoke else 2048, rep)
@@ -218,18 +204,19 @@ def bench_towers(args: argparse.Namespace) -> None:
         "image tower achieved GFLOP/s": f"{flops_img * ips_ours / 1e9:.1f}",
     }
     report("towers", {"images": n_img, "prompts": n_txt, "repeats": rep, "smoke": args.smoke,
-                      "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result)
+                      "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result,
+           reference=torch_reference.machine_info())
 
 
 # ------------------------------------------------------------------ 2. train step
 
 
-def _class_text(clip: FrozenCLIP, names: list[str], num_tokens: int, token_position: str) -> ClassText:
-    texts = [TEMPLATE.format(c) for c in names]
-    z = clip.encode_text(clip.tokenize(texts))
-    ids, eot = template_ids(clip.tokenizer, texts, num_tokens)
-    return ClassText(features=jnp.asarray(z / np.linalg.norm(z, axis=-1, keepdims=True)), ids=jnp.asarray(ids),
-                     eot=jnp.asarray(eot), token_position=token_position)
+def _aggregator_heads(clip: FrozenCLIP) -> int:
+    return 8 if clip.config.projection_dim % 8 == 0 else 4
+
+
+def _generator_hidden(clip: FrozenCLIP) -> int:
+    return max(1, clip.config.projection_dim // 16)
 
 
 def _step_inputs(clip: FrozenCLIP, batch: int, classes: int, prompts: int, seed: int = 0):
@@ -246,24 +233,21 @@ def _step_inputs(clip: FrozenCLIP, batch: int, classes: int, prompts: int, seed:
 
 def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int,
                   prompts: int = 8):
-    """Our jitted train step (the one train.py runs) with its inputs; returns (run_one_step, jitted, args)."""
-    import optax
-
-    from aape_jax.train_step import LossWeights, StepData, TrainState, make_train_step
-
-    cfg = AAPEConfig(embed_dim=clip.config.projection_dim, token_width=clip.config.text.hidden_size,
-                     combine=combine, num_heads=8 if clip.config.projection_dim % 8 == 0 else 4,
-                     generator_hidden=max(1, clip.config.projection_dim // 16), token_position=token_position)
-    model = AAPE(cfg)
+    """Our jitted train step (the one train.py runs: `trainer.make_step(train_step.make_loss_fn(...), tx)`)
+    with its inputs; returns (run_one_step, jitted, args)."""
+    d = clip.config.projection_dim
+    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
+    model = AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=_aggregator_heads(clip),
+                            generator_hidden=_generator_hidden(clip)))
     b, table, mask = _step_inputs(clip, batch, classes, prompts)
     data = StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask),
-                    class_text=_class_text(clip, class_names(classes), 1, token_position),
-                    clip_params=clip.params if combine == "token" else None,
+                    class_text=class_text(clip, TEMPLATE, class_names(classes), head.num_tokens),
+                    clip_params=clip.params if head.uses_text_tower else None,
                     logit_scale=jnp.asarray(clip.params["logit_scale"]))
     params = model.init(jax.random.key(0), b["features"][:1], data.prompts[:1], data.prompt_mask[:1])["params"]
     tx = optax.sgd(0.002, momentum=0.9)
-    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params))
-    jitted = jax.jit(make_train_step(model, clip.module, tx, LossWeights()), donate_argnums=0)
+    state = trainer.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params))
+    jitted = jax.jit(trainer.make_step(make_loss_fn(model, clip.module, LossWeights()), tx), donate_argnums=0)
     key = jax.random.key(0)
     holder = [state]
 
@@ -274,99 +258,29 @@ def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: in
     return run, jitted, (state, b, data, key)
 
 
-class TorchAAPE:
-    """The same training step in PyTorch: attention aggregator, generator, token head, CLIP text tower
-    through `inputs_embeds` with the AAPE token inserted into every class template (CoCoOp-style, one
-    sequence per (image, class) pair), CE + distillation + CLIP-reward loss, SGD with momentum."""
-
-    def __init__(self, ref, clip: FrozenCLIP, class_text: ClassText, heads: int, hidden: int):
-        import torch
-        from torch import nn
-
-        self.torch, self.ref = torch, ref
-        dev = torch_device()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        d, w = clip.config.projection_dim, clip.config.text.hidden_size
-        self.agg = nn.MultiheadAttention(d, heads, batch_first=True).to(dev)
-        self.agg_out = nn.Linear(d, d).to(dev)
-        self.gen = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d)).to(dev)
-        self.head = nn.Linear(d, w).to(dev)
-        params = [*self.agg.parameters(), *self.agg_out.parameters(), *self.gen.parameters(), *self.head.parameters()]
-        self.opt = torch.optim.SGD(params, lr=0.002, momentum=0.9)
-        self.ids = torch.from_numpy(np.asarray(class_text.ids).astype(np.int64)).to(dev)  # [C, L]
-        self.eot = torch.from_numpy(np.asarray(class_text.eot).astype(np.int64)).to(dev)  # [C]
-        self.position = class_text.token_position
-        self.logit_scale = ref.logit_scale.detach().exp()
-
-    def text_features(self, tokens):  # tokens [B, 1, W] -> [B, C, D]
-        torch, tm = self.torch, self.ref.text_model
-        embeds = tm.embeddings.token_embedding(self.ids)  # [C, L, W]
-        b, c, length = tokens.shape[0], embeds.shape[0], embeds.shape[1]
-        tok = tokens[:, None].expand(b, c, 1, -1)
-        tmpl = embeds[None].expand(b, c, length, -1)
-        if self.position == "prefix":
-            x = torch.cat([tmpl[:, :, :1], tok, tmpl[:, :, 1:]], dim=2)  # [B, C, L+1, W]
-        else:  # before each class's EOT
-            j = torch.arange(length + 1, device=embeds.device)[None]
-            src = torch.where(j < self.eot[:, None], j, j - 1).clamp(0, length - 1)  # [C, L+1]
-            moved = torch.gather(embeds, 1, src[..., None].expand(-1, -1, embeds.shape[-1]))
-            is_tok = (j == self.eot[:, None])[None, :, :, None]
-            x = torch.where(is_tok, tok.expand(b, c, length + 1, -1), moved[None].expand(b, c, -1, -1))
-        x = x.reshape(b * c, length + 1, -1)
-        h = tm.embeddings(inputs_embeds=x)
-        n = h.shape[1]
-        mask = torch.full((n, n), float("-inf"), device=h.device).triu(1)[None, None]
-        h = tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask).last_hidden_state)
-        pos = (self.eot + 1).repeat(b)  # [B*C]
-        pooled = h[torch.arange(b * c, device=h.device), pos]
-        return self.ref.text_projection(pooled).reshape(b, c, -1)
-
-    def step(self, feats, labels, prompts) -> float:
-        torch, f = self.torch, self.torch.nn.functional
-        q = f.normalize(feats, dim=-1)
-        summary, _ = self.agg(q[:, None], prompts, prompts)
-        summary = f.normalize(self.agg_out(summary[:, 0]), dim=-1)
-        a = self.gen(q)
-        w = f.normalize(self.text_features(self.head(a)[:, None]), dim=-1)  # [B, C, D]
-        logits = self.logit_scale * torch.einsum("bd,bcd->bc", q, w)
-        ce = f.cross_entropy(logits, labels)
-        distill = ((f.normalize(a, dim=-1) - summary.detach()) ** 2).sum(-1).mean()
-        sim = self.logit_scale * summary @ q.T
-        target = torch.arange(len(q), device=q.device)
-        agg = 0.5 * (f.cross_entropy(sim, target) + f.cross_entropy(sim.T, target))
-        loss = ce + distill + agg
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        torch_sync()
-        return float(loss.detach())
-
-
 def bench_train_step(args: argparse.Namespace) -> None:
-    import torch
+    from aape_jax.bench import torch_reference
 
     batch, classes = (8, 5) if args.smoke else (32, args.classes)
     rep = args.repeats
     with tempfile.TemporaryDirectory() as d:
         path = make_checkpoint(d, args.smoke, args.tokenizer_dir)
         clip = clip_lib.load(path)
-        ref = load_reference(path)
+        ref = torch_reference.load_reference(path)
     secs = {}
     for name, combine, position in (("token_prefix", "token", "prefix"), ("token_suffix", "token", "suffix"),
                                     ("feature", "feature", "prefix")):
         run, _, _ = make_our_step(clip, combine, position, batch, classes)
         secs[name] = timeit(run, rep if combine == "token" else max(rep, 20))
     b, table, _ = _step_inputs(clip, batch, classes, 8)
-    dev = torch_device()
-    t_feats = torch.from_numpy(np.asarray(b["features"])).to(dev)
-    t_labels = torch.from_numpy(np.asarray(b["labels"]).astype(np.int64)).to(dev)
-    t_prompts = torch.from_numpy(table[np.asarray(b["labels"])]).to(dev)  # [B, M, D]
-    hidden = max(1, clip.config.projection_dim // 16)
-    heads = 8 if clip.config.projection_dim % 8 == 0 else 4
+    labels = np.asarray(b["labels"])
+    t_feats = torch_reference.to_device(np.asarray(b["features"]))
+    t_labels = torch_reference.to_device(labels.astype(np.int64))
+    t_prompts = torch_reference.to_device(table[labels])  # [B, M, D]
+    ct = class_text(clip, TEMPLATE, class_names(classes), 1)
     for position in ("prefix", "suffix"):
-        ct = _class_text(clip, class_names(classes), 1, position)
-        torch_step = TorchAAPE(ref, clip, ct, heads, hidden)
+        torch_step = torch_reference.TorchAAPE(ref, clip, ct, position, _aggregator_heads(clip),
+                                               _generator_hidden(clip))
         secs[f"torch_{position}"] = timeit(lambda: torch_step.step(t_feats, t_labels, t_prompts), rep)
     ips = {k: batch / v for k, v in secs.items()}
     memory = {}
@@ -386,7 +300,8 @@ def bench_train_step(args: argparse.Namespace) -> None:
     for position, m in memory.items():
         figures[f"memory, token {position} step, B={batch} C={args.memory_classes}"] = json.dumps(m)
     report("train_step", {"batch": batch, "classes": classes, "repeats": rep, "smoke": args.smoke,
-                          "template": TEMPLATE, "num_tokens": 1}, figures, result)
+                          "template": TEMPLATE, "num_tokens": 1}, figures, result,
+           reference=torch_reference.machine_info())
 
 
 def step_memory(args: argparse.Namespace) -> None:
@@ -430,7 +345,8 @@ def _step_gb(m: dict) -> float | None:
 def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int) -> dict:
     cmd = [sys.executable, "-m", "aape_jax.bench", "_step_memory", "--token_position", position, "--batch",
            str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:  # -9: killed, typically by the kernel's out-of-memory killer
         return {"error": f"exit {out.returncode}", "stderr": out.stderr[-1000:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -441,12 +357,10 @@ def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, 
 
 def _untrained_classifier(clip: FrozenCLIP, token_position: str) -> AAPEClassifier:
     """An `AAPEClassifier` (token head, one token) with freshly initialised weights: cost does not depend on them."""
-    cfg = AAPEConfig(embed_dim=clip.config.projection_dim, token_width=clip.config.text.hidden_size,
-                     num_heads=4, generator_hidden=max(1, clip.config.projection_dim // 16),
-                     token_position=token_position)
-    model = AAPE(cfg)
-    params = model.init(jax.random.key(0), jnp.zeros((1, cfg.embed_dim)), jnp.zeros((1, 2, cfg.embed_dim)),
-                        jnp.ones((1, 2), bool))["params"]
+    d = clip.config.projection_dim
+    head = make_head("token", d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
+    model = AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=4, generator_hidden=_generator_hidden(clip)))
+    params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 2, d)), jnp.ones((1, 2), bool))["params"]
     return AAPEClassifier(clip, model, params, TEMPLATE)
 
 
@@ -501,12 +415,10 @@ def bench_features(args: argparse.Namespace) -> None:
     workdir, same store). Scaled up: the random CLIP has the real ViT-B/16 geometry (224-pixel images;
     `tiny` with --smoke) and the synthetic set has all 16 classes. A first untimed run on a separate,
     smaller store compiles the training and evaluation programs, so the timed runs differ by the store."""
-    from experiments import aape_base2new
-
     from aape_jax.train import train_and_evaluate
 
     def config(store: str, warmup: bool):
-        c = aape_base2new.get_config("runlocal,combine=feature")
+        c = base2new("runlocal,combine=feature", "aape")  # what experiments/aape_base2new.py runs
         c.feature_store = store
         c.num_epochs = 1 if args.smoke else 2
         if not args.smoke:
@@ -545,10 +457,13 @@ BENCHMARKS = {"towers": bench_towers, "train_step": bench_train_step, "inference
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m aape_jax.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(BENCHMARKS))
     parser.add_argument("--smoke", action="store_true", help="tiny geometry, one repeat: checks the code runs")
-    parser.add_argument("--tokenizer_dir", default=os.path.normpath(DEFAULT_TOKENIZER_DIR))
+    parser.add_argument("--tokenizer_dir", default=None,
+                        help=f"directory with the real CLIP vocab.json and merges.txt (default: ${TOKENIZER_ENV}, "
+                             "else aape_jax.toyworld.default_tokenizer_dir()'s known places; unused with --smoke)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up (median)")
     parser.add_argument("--images", type=int, default=8, help="towers/inference: images per call")
     parser.add_argument("--prompts", type=int, default=64, help="towers: prompts per call")
@@ -563,8 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats = 1
+    else:  # the real vocabulary, found (or a clear error) before any slow work
+        try:
+            args.tokenizer_dir = resolve_tokenizer_dir(args.tokenizer_dir)
+        except ConfigError as e:
+            parser.error(f"{e} ({e.hint})" if e.hint else str(e))
     BENCHMARKS[args.name](args)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,177 @@
+"""The PyTorch side of the benchmarks: transformers' CLIP on the same weights and the AAPE step in PyTorch.
+
+All of the project's PyTorch/transformers code for benchmarking lives here.
+Only the benchmarks that compare against PyTorch (`towers`, `train_step`)
+import this module, inside their functions: importing `aape_jax`,
+`aape_jax.bench` or any other module of the package never loads torch.
+PyTorch runs fp32 with all cores, on the GPU when there is one; every call
+handed back for timing blocks until its result is ready.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+
+if TYPE_CHECKING:
+    from aape_jax.clip.frozen import FrozenCLIP
+    from aape_jax.models.heads import ClassText
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def machine_info() -> dict[str, Any]:
+    """The PyTorch part of the benchmark's machine line."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "torch_device": device(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def load_reference(directory: str) -> transformers.CLIPModel:
+    """transformers' PyTorch CLIPModel on the same weights, fp32, eval mode."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    return transformers.CLIPModel.from_pretrained(directory, dtype=torch.float32).eval().to(device())
+
+
+def to_device(x: np.ndarray) -> torch.Tensor:
+    """A host array (copied: views of JAX arrays are read-only) as a tensor on the reference's device."""
+    return torch.from_numpy(np.array(x, order="C", copy=True)).to(device())
+
+
+def blocking(fn: Callable[[], Any]) -> Callable[[], None]:
+    """`fn` under `torch.inference_mode()`, then a device sync: a call to time."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            fn()
+        sync()
+
+    return run
+
+
+def matmul_call(size: int) -> Callable[[], None]:
+    """One blocking fp32 [size, size] @ [size, size] matmul."""
+    a = torch.randn(size, size, device=device())
+    return blocking(lambda: torch.mm(a, a))
+
+
+class Towers:
+    """The reference's image and text towers on fixed inputs.
+
+    Attributes (constructor arguments):
+      ref: the reference `CLIPModel`.
+      pixels: preprocessed pixels [N, R, R, 3] (ours: NHWC; passed on as NCHW).
+      ids: token ids [N, 77] (OpenAI's context length).
+      trimmed: positions kept for the trimmed text call (up to the longest prompt's EOT).
+    """
+
+    def __init__(self, ref: transformers.CLIPModel, pixels: np.ndarray, ids: np.ndarray, trimmed: int):
+        self.ref = ref
+        self.pixels = to_device(pixels.transpose(0, 3, 1, 2))  # NCHW
+        self.ids = to_device(ids.astype(np.int64))
+        self.ids_trimmed = self.ids[:, :trimmed]
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Projected image [N, D] and text [N, D] features, for the equal-outputs check."""
+        with torch.inference_mode():
+            img = self.ref.get_image_features(pixel_values=self.pixels).pooler_output.cpu().numpy()
+            txt = self.ref.get_text_features(input_ids=self.ids).pooler_output.cpu().numpy()
+        return img, txt
+
+    def image_call(self) -> Callable[[], None]:
+        return blocking(lambda: self.ref.get_image_features(pixel_values=self.pixels))
+
+    def text_call(self, trimmed: bool = False) -> Callable[[], None]:
+        ids = self.ids_trimmed if trimmed else self.ids
+        return blocking(lambda: self.ref.get_text_features(input_ids=ids))
+
+
+class TorchAAPE:
+    """The same training step in PyTorch: attention aggregator, generator, token head, CLIP text tower
+    through `inputs_embeds` with the AAPE token inserted into every class template (CoCoOp-style, one
+    sequence per (image, class) pair), CE + distillation + CLIP-reward loss, SGD with momentum.
+
+    Attributes (constructor arguments):
+      ref: the reference `CLIPModel` (frozen here).
+      clip: our CLIP on the same weights (its geometry).
+      class_text: the classes' template ids and EOT positions (one inserted token).
+      token_position: "prefix" (after [SOS]) or "suffix" (before [EOT]).
+      heads: attention heads of the aggregator.
+      hidden: bottleneck width of the generator.
+    """
+
+    def __init__(self, ref: transformers.CLIPModel, clip: FrozenCLIP, class_text: ClassText, token_position: str,
+                 heads: int, hidden: int):
+        if token_position not in ("prefix", "suffix"):
+            raise ValueError(f"token_position is {token_position!r}; choose 'prefix' or 'suffix'")
+        self.ref = ref
+        dev = device()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        d, w = clip.config.projection_dim, clip.config.text.hidden_size
+        self.agg = nn.MultiheadAttention(d, heads, batch_first=True).to(dev)
+        self.agg_out = nn.Linear(d, d).to(dev)
+        self.gen = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d)).to(dev)
+        self.head = nn.Linear(d, w).to(dev)
+        params = [*self.agg.parameters(), *self.agg_out.parameters(), *self.gen.parameters(), *self.head.parameters()]
+        self.opt = torch.optim.SGD(params, lr=0.002, momentum=0.9)
+        self.ids = to_device(np.asarray(class_text.ids).astype(np.int64))  # [C, L]
+        self.eot = to_device(np.asarray(class_text.eot).astype(np.int64))  # [C]
+        self.position = token_position
+        self.logit_scale = ref.logit_scale.detach().exp()
+
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens [B, 1, W] -> [B, C, D]
+        tm = self.ref.text_model
+        embeds = tm.embeddings.token_embedding(self.ids)  # [C, L, W]
+        b, c, length = tokens.shape[0], embeds.shape[0], embeds.shape[1]
+        tok = tokens[:, None].expand(b, c, 1, -1)
+        tmpl = embeds[None].expand(b, c, length, -1)
+        if self.position == "prefix":
+            x = torch.cat([tmpl[:, :, :1], tok, tmpl[:, :, 1:]], dim=2)  # [B, C, L+1, W]
+        else:  # before each class's EOT
+            j = torch.arange(length + 1, device=embeds.device)[None]
+            src = torch.where(j < self.eot[:, None], j, j - 1).clamp(0, length - 1)  # [C, L+1]
+            moved = torch.gather(embeds, 1, src[..., None].expand(-1, -1, embeds.shape[-1]))
+            is_tok = (j == self.eot[:, None])[None, :, :, None]
+            x = torch.where(is_tok, tok.expand(b, c, length + 1, -1), moved[None].expand(b, c, -1, -1))
+        x = x.reshape(b * c, length + 1, -1)
+        h = tm.embeddings(inputs_embeds=x)
+        n = h.shape[1]
+        mask = torch.full((n, n), float("-inf"), device=h.device).triu(1)[None, None]
+        h = tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask).last_hidden_state)
+        pos = (self.eot + 1).repeat(b)  # [B*C]
+        pooled = h[torch.arange(b * c, device=h.device), pos]
+        return self.ref.text_projection(pooled).reshape(b, c, -1)
+
+    def step(self, feats: torch.Tensor, labels: torch.Tensor, prompts: torch.Tensor) -> float:
+        """One blocking optimizer step on features [B, D], labels [B], prompt sets [B, M, D]; the loss."""
+        f = torch.nn.functional
+        q = f.normalize(feats, dim=-1)
+        summary, _ = self.agg(q[:, None], prompts, prompts)
+        summary = f.normalize(self.agg_out(summary[:, 0]), dim=-1)
+        a = self.gen(q)
+        w = f.normalize(self.text_features(self.head(a)[:, None]), dim=-1)  # [B, C, D]
+        logits = self.logit_scale * torch.einsum("bd,bcd->bc", q, w)
+        ce = f.cross_entropy(logits, labels)
+        distill = ((f.normalize(a, dim=-1) - summary.detach()) ** 2).sum(-1).mean()
+        sim = self.logit_scale * summary @ q.T
+        target = torch.arange(len(q), device=q.device)
+        agg = 0.5 * (f.cross_entropy(sim, target) + f.cross_entropy(sim.T, target))
+        loss = ce + distill + agg
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        sync()
+        return float(loss.detach())
