@@ -13,9 +13,9 @@ Launch (after experiments/aape_retrieval_coco.py trained `runs/aape_retrieval/co
 `$FLICKR/flickr30k-images` holds the jpgs and `dataset_flickr30k.json` (or set
 `--config.dataset.annotations` and `--config.eval.flickr30k_1k.annotations`).
 Without `init` the learner is trained on Flickr30k from scratch. Only the
-trainable tree comes from `init` (its `model.*` and `optim.name` must match the
-COCO run's, for the restore); optimizer state, step counter and learning-rate
-schedule start afresh (29,000 training images, 3 epochs, lr 2e-4: our choice).
+trainable tree comes from `init` (its `model.*` must match the COCO run's; a
+tree that does not is an error naming the keys); optimizer state, step counter and learning-rate
+schedule start afresh, so the optimizer may differ (29,000 training images, 3 epochs, lr 2e-4: our choice).
 
 Expected numbers: AAPE's are not reachable here; zero-shot CLIP ViT-L/14@336px
 on Flickr30k 1k: R@1 88.0 (i2t) / 68.7 (t2i) (CLIP paper, Table 13).

@@ -10,7 +10,7 @@ Launch (after experiments/aape_retrieval_coco.py trained `runs/aape_retrieval/co
     --workdir runs/aape_retrieval/flickr_zeroshot
 
 `num_epochs = 0`: the latest checkpoint of `init` is evaluated as is (its
-`model.*` and `optim.name` must match the COCO run's). Zero-shot CLIP is
+`model.*` must match the COCO run's; only the trainable tree is read). Zero-shot CLIP is
 evaluated in the same harness (`zeroshot_*` keys). The same numbers come out of
 the COCO run itself when it is given `flickr_root`.
 

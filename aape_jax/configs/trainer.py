@@ -38,7 +38,7 @@ def add_training(config: ml_collections.ConfigDict, *, optimizer: str, learning_
                  warmup_lr: float, batch_size: int, num_epochs: int, seed: int) -> None:
     """`config.optim` and the training loop's fields (batches, epochs, devices, checkpoints, init)."""
     config.optim = ml_collections.ConfigDict()
-    config.optim.name = optimizer  # "sgd" | "adamw" (keep it equal to the `init` run's for fine-tuning)
+    config.optim.name = optimizer  # "sgd" | "adamw" (may differ from `init`'s: only its trainable tree is read)
     config.optim.learning_rate = learning_rate
     config.optim.momentum = 0.9  # SGD only
     config.optim.weight_decay = weight_decay
