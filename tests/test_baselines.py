@@ -62,6 +62,10 @@ def test_every_baseline_runlocal_completes(method, store, tmp_path):
     assert (metrics["train_loss"] is not None) == trains
     if trains:
         assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
+    if method == "kgcoop":  # CE plus its own term, weighted (epoch means are linear in the per-step parts)
+        last = metrics["history"][-1]  # the context starts at the hand-crafted prompt: the term grows from 0
+        assert last["kg"] > 0.01
+        assert last["loss"] == pytest.approx(last["ce"] + _config(method, store).baseline.kg_weight * last["kg"])
 
 
 def test_zeroshot_ensemble_differs_from_single_template(store, tmp_path):
