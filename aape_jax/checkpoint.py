@@ -131,7 +131,8 @@ def _quiet_orbax() -> Iterator[None]:
 
     Its asyncio readers die after the event loop closes, and Python prints each
     one's traceback with TensorStore's full spec (dozens of lines) through
-    `sys.unraisablehook`; and a read-only manager warns on every load.
+    `sys.unraisablehook` (asyncio's logger is filtered once, below); and a
+    read-only manager warns on every load.
     """
     previous = sys.unraisablehook
 
@@ -156,6 +157,17 @@ def _quiet_orbax() -> Iterator[None]:
         gc.collect()  # the dead readers are reported here, still under the hook
         sys.unraisablehook = previous
         absl_logger.removeFilter(drop)
+
+
+class _DropDeadReaders(std_logging.Filter):
+    """asyncio's "Task exception was never retrieved" for an Orbax reader of a damaged file: logged
+    whenever the dead task is collected (often after the restore returned), with TensorStore's full spec."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return "tensorstore_spec" not in record.getMessage()
+
+
+std_logging.getLogger("asyncio").addFilter(_DropDeadReaders())
 
 
 # --------------------------------------------------------------------------- checkpointer

@@ -56,10 +56,17 @@ def context_learner(name: str, config: ml_collections.ConfigDict, clip: FrozenCL
                    init_params=init_params, make_loss=make_loss, step_data=data)
 
 
-def build(config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureStore, base_names: Sequence[str],
-          prompts_of: Callable[[Sequence[str]], list[list[str]]]) -> Learner:
+def shared_context_learner(name: str, config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureStore,
+                           base_names: Sequence[str], regulariser: Callable | None = None) -> Learner:
+    """CoOp's learner: one context for every image and class (KgCoOp adds its `regulariser`)."""
     init = context_init(config, clip)
     prompt = ContextPrompt(init)
-    return context_learner("coop", config, clip, store, base_names,
+    return context_learner(name, config, clip, store, base_names,
                            tokens=lambda params, z: prompt.apply({"params": params}),  # [1, T, W]
-                           init_params=lambda key: prompt.init(key)["params"], num_tokens=len(init))
+                           init_params=lambda key: prompt.init(key)["params"], num_tokens=len(init),
+                           regulariser=regulariser)
+
+
+def build(config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureStore, base_names: Sequence[str],
+          prompts_of: Callable[[Sequence[str]], list[list[str]]]) -> Learner:
+    return shared_context_learner("coop", config, clip, store, base_names)

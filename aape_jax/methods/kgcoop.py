@@ -10,10 +10,9 @@ import ml_collections
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.model import CLIP
 from aape_jax.data.feature_store import FeatureStore
-from aape_jax.methods.coop import ContextTokens, context_init, context_learner
+from aape_jax.methods.coop import ContextTokens, shared_context_learner
 from aape_jax.methods.learner import BaselineData, Learner
 from aape_jax.models.heads import TokenHead
-from aape_jax.models.prompt_learners import ContextPrompt
 from aape_jax.numerics import l2_normalize
 
 SUMMARY = "CoOp + ||w_c - w_c^clip||^2 towards the hand-crafted prompt (Yao et al., CVPR 2023)"
@@ -35,10 +34,6 @@ def knowledge_term(weight: float) -> Callable[[TokenHead, ContextTokens, CLIP], 
 
 def build(config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureStore, base_names: Sequence[str],
           prompts_of: Callable[[Sequence[str]], list[list[str]]]) -> Learner:
-    init = context_init(config, clip)
-    prompt = ContextPrompt(init)
-    return context_learner("kgcoop", config, clip, store, base_names,
-                           tokens=lambda params, z: prompt.apply({"params": params}),  # [1, T, W]
-                           init_params=lambda key: prompt.init(key)["params"], num_tokens=len(init),
-                           regulariser=knowledge_term(config.baseline.kg_weight) if config.baseline.kg_weight
-                           else None)
+    weight = config.baseline.kg_weight
+    return shared_context_learner("kgcoop", config, clip, store, base_names,
+                                  regulariser=knowledge_term(weight) if weight else None)
