@@ -295,12 +295,13 @@ def test_text_kv_cache_equals_whole_sequence(tmp_path):
     prefix = jnp.asarray(rng.normal(0, 0.02, (c, p, w)).astype(np.float32))
     suffix = jnp.asarray(rng.normal(0, 0.02, (b, c, s, w)).astype(np.float32))
     length = jnp.asarray([6, 2, 4])
-    caches = module.apply({"params": params}, prefix, length, method=CLIP.encode_text_prefix)
-    got = module.apply({"params": params}, suffix, caches, method=CLIP.encode_text_after_prefix)  # [B, C, D]
+    # Jitted: op by op, the tower's many small ops take half a minute on two cores.
+    apply = jax.jit(module.apply, static_argnames="method")
+    caches = apply({"params": params}, prefix, length, method=CLIP.encode_text_prefix)
+    got = apply({"params": params}, suffix, caches, method=CLIP.encode_text_after_prefix)  # [B, C, D]
     assert got.shape == (b, c, m.config.projection_dim)
     for ci in range(c):
         n = int(length[ci])
         seq = jnp.concatenate([jnp.broadcast_to(prefix[ci, :n], (b, n, w)), suffix[:, ci]], axis=1)  # [B, n+S, W]
-        want = module.apply({"params": params}, seq, jnp.full((b,), n + s - 1),
-                            method=CLIP.encode_text_embeddings)
+        want = apply({"params": params}, seq, jnp.full((b,), n + s - 1), method=CLIP.encode_text_embeddings)
         np.testing.assert_allclose(np.asarray(got[:, ci]), np.asarray(want), rtol=0, atol=1e-5)

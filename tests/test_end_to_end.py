@@ -96,18 +96,19 @@ def _main(workdir, store, *extra):
             f"--config.feature_store={store}", f"--workdir={workdir}", *extra]
 
 
-_LONG = ["--config.num_epochs=24", "--config.model.combine=feature"]  # 48 steps: stopped after step 20
+_LONG = ["--config.num_epochs=16", "--config.model.combine=feature"]  # 32 steps: stopped after step STOP_AFTER
+STOP_AFTER = 12
 _TWO_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
 
 def _interrupt(workdir, store, sig, stderr=subprocess.DEVNULL):
-    """Starts a long run, sends `sig` once step >= 20 is checkpointed; returns the exit code."""
+    """Starts a long run, sends `sig` once step >= STOP_AFTER is checkpointed; returns the exit code."""
     proc = subprocess.Popen(_main(workdir, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, stdout=subprocess.DEVNULL,
                             stderr=stderr)
     ckpts = workdir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 20 for p in ckpts.iterdir()):
+        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= STOP_AFTER for p in ckpts.iterdir()):
             proc.send_signal(sig)
             break
         time.sleep(0.02)
@@ -133,7 +134,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes(uninterrupted, store, tmp_path
     assert _interrupt(tmp_path, store, signal.SIGTERM) == PREEMPTED_EXIT_CODE
     assert not (tmp_path / "metrics.json").exists()
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps[-1] >= 20
+    assert STOP_AFTER <= steps[-1] < 32
     subprocess.run(_main(tmp_path, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, check=True, capture_output=True)
     _assert_same_run(uninterrupted, json.load(open(tmp_path / "metrics.json")))
 
