@@ -320,6 +320,14 @@ class Checkpointer:
         self._manager.close()
 
 
+def checkpoints_dir(workdir: str | os.PathLike) -> str:
+    """WORKDIR/checkpoints; a `CheckpointError` when it does not exist (checked before slow work)."""
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint in {directory}", hint="train first, or check the workdir")
+    return directory
+
+
 def restore_trainable(workdir: str | os.PathLike, abstract_params: Any) -> tuple[Any, dict]:
     """(trainable tree, meta) of the newest restorable checkpoint of a training workdir: the one restore path
     of `config.init`, evaluation without training, retrieval fine-tuning and inference.
@@ -328,10 +336,7 @@ def restore_trainable(workdir: str | os.PathLike, abstract_params: Any) -> tuple
       CheckpointError: the workdir has no checkpoint, none restores, or (`ParamsMismatchError`) the tree
         differs from `abstract_params`; each names the directory, the step and the keys.
     """
-    directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"no checkpoint in {directory}", hint="train first, or check the workdir")
-    ckpt = Checkpointer(directory, read_only=True)
+    ckpt = Checkpointer(checkpoints_dir(workdir), read_only=True)
     try:
         _, params, meta = ckpt.restore_params(abstract_params)
     finally:

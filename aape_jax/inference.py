@@ -39,7 +39,7 @@ from absl import logging
 
 from aape_jax import clip as clip_lib
 from aape_jax import toyworld, zeroshot
-from aape_jax.checkpoint import ParamsMismatchError, restore_trainable
+from aape_jax.checkpoint import ParamsMismatchError, checkpoints_dir, restore_trainable
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.model import CLIP
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
@@ -136,6 +136,7 @@ class AAPEClassifier:
                 f"{workdir} was trained with method {method!r} (config.method in its config.json); "
                 "AAPEClassifier loads only method 'aape' runs",
                 hint="evaluate the other methods from their metrics.json, or pass the workdir of an AAPE run")
+        checkpoints_dir(workdir)  # before CLIP is loaded (or the toy CLIP pretrained)
         path = clip or config["clip"] or os.path.join(workdir, "random_clip")
         if path == toyworld.CLIP_NAME:
             path = toyworld.pretrained_clip(config.get("toyworld_tokenizer_dir") or None)

@@ -327,6 +327,15 @@ def test_classifier_of_another_method_is_a_clear_error(tmp_path, clip_dir):
         AAPEClassifier.load(workdir)
 
 
+def test_classifier_of_a_workdir_without_checkpoints_says_so_before_loading_clip(tmp_path):
+    workdir = tmp_path / "untrained"
+    config = aape_base2new.get_config("runlocal")
+    config.clip = str(tmp_path / "no_such_clip")  # loading it would fail with another error
+    atomic.write_json(workdir / "config.json", {"config": config.to_dict(), "git": "test"})
+    with pytest.raises(CheckpointError, match=f"no checkpoint in {workdir / 'checkpoints'}"):
+        AAPEClassifier.load(workdir)
+
+
 def test_classifier_with_a_clip_of_another_geometry_names_both(tmp_path, workdir):
     other = tiny.write_checkpoint(tmp_path / "other", dataclasses.replace(tiny.GEOMETRIES["tiny"], projection_dim=16))
     with pytest.raises(errors.ConfigError) as e:
