@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from aape_jax.data import classnames
-from aape_jax.prompts import (ALIASES, MissingPromptsError, aliases_for, match_classes, normalize_name,
+from aape_jax.prompts import (ALIASED_DATASETS, MissingPromptsError, aliases_for, match_classes, normalize_name,
                               read_class_descriptions)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -48,11 +48,11 @@ def test_every_class_has_its_cupl_descriptions(shared_data, dataset):
         assert not shared
 
 
-@pytest.mark.parametrize("dataset", sorted(ALIASES))
-def test_alias_tables_hold_only_needed_entries(shared_data, dataset):
+@pytest.mark.parametrize("dataset", ALIASED_DATASETS)
+def test_aliases_hold_only_needed_entries(shared_data, dataset):
     names = classnames.load(dataset)
     descriptions = read_class_descriptions(shared_data / "cupl" / CUPL[dataset])
-    table = ALIASES[dataset]
+    table = aliases_for(dataset)
     assert set(table) <= set(names) and set(table.values()) <= set(descriptions)
     assert len(set(table.values())) == len(table)  # no two classes aliased to one key
     # Each aliased class is one that exact and normalised matching cannot place.
@@ -68,9 +68,13 @@ def test_aliases_for():
     table = aliases_for("caltech101")
     assert table["face"] == "off-center face" and table["car_side"] == "side of a car"
     table["face"] = "changed"
-    assert ALIASES["caltech101"]["face"] == "off-center face"  # a fresh dict each call
+    assert aliases_for("caltech101")["face"] == "off-center face"  # a fresh dict each call
     assert aliases_for("caltech101", available={"side of a car": []}) == {"car_side": "side of a car"}
     assert len(aliases_for("stanford_cars")) == 196 and len(aliases_for("sun397")) == 126
+    cars, sun = aliases_for("stanford_cars"), aliases_for("sun397")
+    assert cars["2012 Acura RL Sedan"] == "Acura RL Sedan 2012"
+    assert cars["2012 Ram C/V Cargo Van Minivan"] == "Ram CV Cargo Van Minivan 2012"
+    assert sun["outdoor apartment_building"] == "apartment building (outdoor)" and "abbey" not in sun
 
 
 def _check(*argv):

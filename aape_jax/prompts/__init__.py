@@ -14,14 +14,14 @@ reports a file's coverage; `python -m aape_jax.prompts generate --model DIR ...`
 CuPL-style descriptions with a local causal LM (prompts.generate).
 """
 
-from aape_jax.prompts.aliases import ALIASES, aliases_for
+from aape_jax.prompts.aliases import ALIASED_DATASETS, aliases_for
 from aape_jax.prompts.captions import read_coco_captions, read_jsonl_captions
 from aape_jax.prompts.cupl import read_class_descriptions
 from aape_jax.prompts.matching import MatchResult, MissingPromptsError, match_classes, normalize_name
 from aape_jax.prompts.templates import DATASET_TEMPLATES, IMAGENET_TEMPLATES, SINGLE_TEMPLATE, fill, fill_classes
 
 __all__ = [
-    "ALIASES",
+    "ALIASED_DATASETS",
     "DATASET_TEMPLATES",
     "IMAGENET_TEMPLATES",
     "MatchResult",

@@ -2,8 +2,8 @@
 
 The published CuPL files (`cupl/<dataset>.json`) spell classes as CLIP's zero-shot
 notebooks do; CoOp's class names (`aape_jax.data.classnames.load`) are mostly the same
-words, which `match_classes` pairs by normalisation. The tables below hold only the
-classes it cannot pair, each checked against the real files by
+words, which `match_classes` pairs by normalisation. The tables and rules below cover
+only the classes it cannot pair, each checked against the real files by
 tests/test_cupl_coverage.py (every class of the ten datasets gets its CuPL sentences,
 none falls back to templates):
 
@@ -12,8 +12,8 @@ none falls back to templates):
     lists do; CuPL keeps one key for each (998 keys), and both classes of a pair match it.
   caltech101: CLIP's names for CoOp's renamed folders (8).
   flowers102: two CoOp spellings (2).
-  stanford_cars: CoOp moves the model year to the front, CuPL keeps it last (196).
-  sun397: CoOp writes "qualifier category_name", CuPL "category name (qualifier)" (126).
+  stanford_cars: CoOp moves the model year to the front, CuPL keeps it last (a rule; 196).
+  sun397: CoOp writes "qualifier category_name", CuPL "category name (qualifier)" (a rule; 126).
   ucf101: one camel-case split that differs (1).
 EuroSAT has no CuPL file; its prompts come from `python -m aape_jax.prompts generate`.
 
@@ -24,7 +24,10 @@ the aliases whose key the file holds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
+
+from aape_jax.data import classnames
 
 _CALTECH101 = {
     # CoOp's "face" is Caltech's `Faces` folder (CoOp renames Faces -> face and drops
@@ -58,346 +61,28 @@ _UCF101 = {
     "Handstand_Pushups": "Hand Stand Pushups",
 }
 
-# Generated from CoOp's names by moving the leading year to the end, then checked
-# key by key against cupl/stanford_cars.json.
-_STANFORD_CARS = {
-    "2000 AM General Hummer SUV": "AM General Hummer SUV 2000",
-    "2012 Acura RL Sedan": "Acura RL Sedan 2012",
-    "2012 Acura TL Sedan": "Acura TL Sedan 2012",
-    "2008 Acura TL Type-S": "Acura TL Type-S 2008",
-    "2012 Acura TSX Sedan": "Acura TSX Sedan 2012",
-    "2001 Acura Integra Type R": "Acura Integra Type R 2001",
-    "2012 Acura ZDX Hatchback": "Acura ZDX Hatchback 2012",
-    "2012 Aston Martin V8 Vantage Convertible": "Aston Martin V8 Vantage Convertible 2012",
-    "2012 Aston Martin V8 Vantage Coupe": "Aston Martin V8 Vantage Coupe 2012",
-    "2012 Aston Martin Virage Convertible": "Aston Martin Virage Convertible 2012",
-    "2012 Aston Martin Virage Coupe": "Aston Martin Virage Coupe 2012",
-    "2008 Audi RS 4 Convertible": "Audi RS 4 Convertible 2008",
-    "2012 Audi A5 Coupe": "Audi A5 Coupe 2012",
-    "2012 Audi TTS Coupe": "Audi TTS Coupe 2012",
-    "2012 Audi R8 Coupe": "Audi R8 Coupe 2012",
-    "1994 Audi V8 Sedan": "Audi V8 Sedan 1994",
-    "1994 Audi 100 Sedan": "Audi 100 Sedan 1994",
-    "1994 Audi 100 Wagon": "Audi 100 Wagon 1994",
-    "2011 Audi TT Hatchback": "Audi TT Hatchback 2011",
-    "2011 Audi S6 Sedan": "Audi S6 Sedan 2011",
-    "2012 Audi S5 Convertible": "Audi S5 Convertible 2012",
-    "2012 Audi S5 Coupe": "Audi S5 Coupe 2012",
-    "2012 Audi S4 Sedan": "Audi S4 Sedan 2012",
-    "2007 Audi S4 Sedan": "Audi S4 Sedan 2007",
-    "2012 Audi TT RS Coupe": "Audi TT RS Coupe 2012",
-    "2012 BMW ActiveHybrid 5 Sedan": "BMW ActiveHybrid 5 Sedan 2012",
-    "2012 BMW 1 Series Convertible": "BMW 1 Series Convertible 2012",
-    "2012 BMW 1 Series Coupe": "BMW 1 Series Coupe 2012",
-    "2012 BMW 3 Series Sedan": "BMW 3 Series Sedan 2012",
-    "2012 BMW 3 Series Wagon": "BMW 3 Series Wagon 2012",
-    "2007 BMW 6 Series Convertible": "BMW 6 Series Convertible 2007",
-    "2007 BMW X5 SUV": "BMW X5 SUV 2007",
-    "2012 BMW X6 SUV": "BMW X6 SUV 2012",
-    "2012 BMW M3 Coupe": "BMW M3 Coupe 2012",
-    "2010 BMW M5 Sedan": "BMW M5 Sedan 2010",
-    "2010 BMW M6 Convertible": "BMW M6 Convertible 2010",
-    "2012 BMW X3 SUV": "BMW X3 SUV 2012",
-    "2012 BMW Z4 Convertible": "BMW Z4 Convertible 2012",
-    "2012 Bentley Continental Supersports Conv. Convertible": "Bentley Continental Supersports Conv. Convertible 2012",
-    "2009 Bentley Arnage Sedan": "Bentley Arnage Sedan 2009",
-    "2011 Bentley Mulsanne Sedan": "Bentley Mulsanne Sedan 2011",
-    "2012 Bentley Continental GT Coupe": "Bentley Continental GT Coupe 2012",
-    "2007 Bentley Continental GT Coupe": "Bentley Continental GT Coupe 2007",
-    "2007 Bentley Continental Flying Spur Sedan": "Bentley Continental Flying Spur Sedan 2007",
-    "2009 Bugatti Veyron 16.4 Convertible": "Bugatti Veyron 16.4 Convertible 2009",
-    "2009 Bugatti Veyron 16.4 Coupe": "Bugatti Veyron 16.4 Coupe 2009",
-    "2012 Buick Regal GS": "Buick Regal GS 2012",
-    "2007 Buick Rainier SUV": "Buick Rainier SUV 2007",
-    "2012 Buick Verano Sedan": "Buick Verano Sedan 2012",
-    "2012 Buick Enclave SUV": "Buick Enclave SUV 2012",
-    "2012 Cadillac CTS-V Sedan": "Cadillac CTS-V Sedan 2012",
-    "2012 Cadillac SRX SUV": "Cadillac SRX SUV 2012",
-    "2007 Cadillac Escalade EXT Crew Cab": "Cadillac Escalade EXT Crew Cab 2007",
-    "2012 Chevrolet Silverado 1500 Hybrid Crew Cab": "Chevrolet Silverado 1500 Hybrid Crew Cab 2012",
-    "2012 Chevrolet Corvette Convertible": "Chevrolet Corvette Convertible 2012",
-    "2012 Chevrolet Corvette ZR1": "Chevrolet Corvette ZR1 2012",
-    "2007 Chevrolet Corvette Ron Fellows Edition Z06": "Chevrolet Corvette Ron Fellows Edition Z06 2007",
-    "2012 Chevrolet Traverse SUV": "Chevrolet Traverse SUV 2012",
-    "2012 Chevrolet Camaro Convertible": "Chevrolet Camaro Convertible 2012",
-    "2010 Chevrolet HHR SS": "Chevrolet HHR SS 2010",
-    "2007 Chevrolet Impala Sedan": "Chevrolet Impala Sedan 2007",
-    "2012 Chevrolet Tahoe Hybrid SUV": "Chevrolet Tahoe Hybrid SUV 2012",
-    "2012 Chevrolet Sonic Sedan": "Chevrolet Sonic Sedan 2012",
-    "2007 Chevrolet Express Cargo Van": "Chevrolet Express Cargo Van 2007",
-    "2012 Chevrolet Avalanche Crew Cab": "Chevrolet Avalanche Crew Cab 2012",
-    "2010 Chevrolet Cobalt SS": "Chevrolet Cobalt SS 2010",
-    "2010 Chevrolet Malibu Hybrid Sedan": "Chevrolet Malibu Hybrid Sedan 2010",
-    "2009 Chevrolet TrailBlazer SS": "Chevrolet TrailBlazer SS 2009",
-    "2012 Chevrolet Silverado 2500HD Regular Cab": "Chevrolet Silverado 2500HD Regular Cab 2012",
-    "2007 Chevrolet Silverado 1500 Classic Extended Cab": "Chevrolet Silverado 1500 Classic Extended Cab 2007",
-    "2007 Chevrolet Express Van": "Chevrolet Express Van 2007",
-    "2007 Chevrolet Monte Carlo Coupe": "Chevrolet Monte Carlo Coupe 2007",
-    "2007 Chevrolet Malibu Sedan": "Chevrolet Malibu Sedan 2007",
-    "2012 Chevrolet Silverado 1500 Extended Cab": "Chevrolet Silverado 1500 Extended Cab 2012",
-    "2012 Chevrolet Silverado 1500 Regular Cab": "Chevrolet Silverado 1500 Regular Cab 2012",
-    "2009 Chrysler Aspen SUV": "Chrysler Aspen SUV 2009",
-    "2010 Chrysler Sebring Convertible": "Chrysler Sebring Convertible 2010",
-    "2012 Chrysler Town and Country Minivan": "Chrysler Town and Country Minivan 2012",
-    "2010 Chrysler 300 SRT-8": "Chrysler 300 SRT-8 2010",
-    "2008 Chrysler Crossfire Convertible": "Chrysler Crossfire Convertible 2008",
-    "2008 Chrysler PT Cruiser Convertible": "Chrysler PT Cruiser Convertible 2008",
-    "2002 Daewoo Nubira Wagon": "Daewoo Nubira Wagon 2002",
-    "2012 Dodge Caliber Wagon": "Dodge Caliber Wagon 2012",
-    "2007 Dodge Caliber Wagon": "Dodge Caliber Wagon 2007",
-    "1997 Dodge Caravan Minivan": "Dodge Caravan Minivan 1997",
-    "2010 Dodge Ram Pickup 3500 Crew Cab": "Dodge Ram Pickup 3500 Crew Cab 2010",
-    "2009 Dodge Ram Pickup 3500 Quad Cab": "Dodge Ram Pickup 3500 Quad Cab 2009",
-    "2009 Dodge Sprinter Cargo Van": "Dodge Sprinter Cargo Van 2009",
-    "2012 Dodge Journey SUV": "Dodge Journey SUV 2012",
-    "2010 Dodge Dakota Crew Cab": "Dodge Dakota Crew Cab 2010",
-    "2007 Dodge Dakota Club Cab": "Dodge Dakota Club Cab 2007",
-    "2008 Dodge Magnum Wagon": "Dodge Magnum Wagon 2008",
-    "2011 Dodge Challenger SRT8": "Dodge Challenger SRT8 2011",
-    "2012 Dodge Durango SUV": "Dodge Durango SUV 2012",
-    "2007 Dodge Durango SUV": "Dodge Durango SUV 2007",
-    "2012 Dodge Charger Sedan": "Dodge Charger Sedan 2012",
-    "2009 Dodge Charger SRT-8": "Dodge Charger SRT-8 2009",
-    "1998 Eagle Talon Hatchback": "Eagle Talon Hatchback 1998",
-    "2012 FIAT 500 Abarth": "FIAT 500 Abarth 2012",
-    "2012 FIAT 500 Convertible": "FIAT 500 Convertible 2012",
-    "2012 Ferrari FF Coupe": "Ferrari FF Coupe 2012",
-    "2012 Ferrari California Convertible": "Ferrari California Convertible 2012",
-    "2012 Ferrari 458 Italia Convertible": "Ferrari 458 Italia Convertible 2012",
-    "2012 Ferrari 458 Italia Coupe": "Ferrari 458 Italia Coupe 2012",
-    "2012 Fisker Karma Sedan": "Fisker Karma Sedan 2012",
-    "2012 Ford F-450 Super Duty Crew Cab": "Ford F-450 Super Duty Crew Cab 2012",
-    "2007 Ford Mustang Convertible": "Ford Mustang Convertible 2007",
-    "2007 Ford Freestar Minivan": "Ford Freestar Minivan 2007",
-    "2009 Ford Expedition EL SUV": "Ford Expedition EL SUV 2009",
-    "2012 Ford Edge SUV": "Ford Edge SUV 2012",
-    "2011 Ford Ranger SuperCab": "Ford Ranger SuperCab 2011",
-    "2006 Ford GT Coupe": "Ford GT Coupe 2006",
-    "2012 Ford F-150 Regular Cab": "Ford F-150 Regular Cab 2012",
-    "2007 Ford F-150 Regular Cab": "Ford F-150 Regular Cab 2007",
-    "2007 Ford Focus Sedan": "Ford Focus Sedan 2007",
-    "2012 Ford E-Series Wagon Van": "Ford E-Series Wagon Van 2012",
-    "2012 Ford Fiesta Sedan": "Ford Fiesta Sedan 2012",
-    "2012 GMC Terrain SUV": "GMC Terrain SUV 2012",
-    "2012 GMC Savana Van": "GMC Savana Van 2012",
-    "2012 GMC Yukon Hybrid SUV": "GMC Yukon Hybrid SUV 2012",
-    "2012 GMC Acadia SUV": "GMC Acadia SUV 2012",
-    "2012 GMC Canyon Extended Cab": "GMC Canyon Extended Cab 2012",
-    "1993 Geo Metro Convertible": "Geo Metro Convertible 1993",
-    "2010 HUMMER H3T Crew Cab": "HUMMER H3T Crew Cab 2010",
-    "2009 HUMMER H2 SUT Crew Cab": "HUMMER H2 SUT Crew Cab 2009",
-    "2012 Honda Odyssey Minivan": "Honda Odyssey Minivan 2012",
-    "2007 Honda Odyssey Minivan": "Honda Odyssey Minivan 2007",
-    "2012 Honda Accord Coupe": "Honda Accord Coupe 2012",
-    "2012 Honda Accord Sedan": "Honda Accord Sedan 2012",
-    "2012 Hyundai Veloster Hatchback": "Hyundai Veloster Hatchback 2012",
-    "2012 Hyundai Santa Fe SUV": "Hyundai Santa Fe SUV 2012",
-    "2012 Hyundai Tucson SUV": "Hyundai Tucson SUV 2012",
-    "2012 Hyundai Veracruz SUV": "Hyundai Veracruz SUV 2012",
-    "2012 Hyundai Sonata Hybrid Sedan": "Hyundai Sonata Hybrid Sedan 2012",
-    "2007 Hyundai Elantra Sedan": "Hyundai Elantra Sedan 2007",
-    "2012 Hyundai Accent Sedan": "Hyundai Accent Sedan 2012",
-    "2012 Hyundai Genesis Sedan": "Hyundai Genesis Sedan 2012",
-    "2012 Hyundai Sonata Sedan": "Hyundai Sonata Sedan 2012",
-    "2012 Hyundai Elantra Touring Hatchback": "Hyundai Elantra Touring Hatchback 2012",
-    "2012 Hyundai Azera Sedan": "Hyundai Azera Sedan 2012",
-    "2012 Infiniti G Coupe IPL": "Infiniti G Coupe IPL 2012",
-    "2011 Infiniti QX56 SUV": "Infiniti QX56 SUV 2011",
-    "2008 Isuzu Ascender SUV": "Isuzu Ascender SUV 2008",
-    "2012 Jaguar XK XKR": "Jaguar XK XKR 2012",
-    "2012 Jeep Patriot SUV": "Jeep Patriot SUV 2012",
-    "2012 Jeep Wrangler SUV": "Jeep Wrangler SUV 2012",
-    "2012 Jeep Liberty SUV": "Jeep Liberty SUV 2012",
-    "2012 Jeep Grand Cherokee SUV": "Jeep Grand Cherokee SUV 2012",
-    "2012 Jeep Compass SUV": "Jeep Compass SUV 2012",
-    "2008 Lamborghini Reventon Coupe": "Lamborghini Reventon Coupe 2008",
-    "2012 Lamborghini Aventador Coupe": "Lamborghini Aventador Coupe 2012",
-    "2012 Lamborghini Gallardo LP 570-4 Superleggera": "Lamborghini Gallardo LP 570-4 Superleggera 2012",
-    "2001 Lamborghini Diablo Coupe": "Lamborghini Diablo Coupe 2001",
-    "2012 Land Rover Range Rover SUV": "Land Rover Range Rover SUV 2012",
-    "2012 Land Rover LR2 SUV": "Land Rover LR2 SUV 2012",
-    "2011 Lincoln Town Car Sedan": "Lincoln Town Car Sedan 2011",
-    "2012 MINI Cooper Roadster Convertible": "MINI Cooper Roadster Convertible 2012",
-    "2012 Maybach Landaulet Convertible": "Maybach Landaulet Convertible 2012",
-    "2011 Mazda Tribute SUV": "Mazda Tribute SUV 2011",
-    "2012 McLaren MP4-12C Coupe": "McLaren MP4-12C Coupe 2012",
-    "1993 Mercedes-Benz 300-Class Convertible": "Mercedes-Benz 300-Class Convertible 1993",
-    "2012 Mercedes-Benz C-Class Sedan": "Mercedes-Benz C-Class Sedan 2012",
-    "2009 Mercedes-Benz SL-Class Coupe": "Mercedes-Benz SL-Class Coupe 2009",
-    "2012 Mercedes-Benz E-Class Sedan": "Mercedes-Benz E-Class Sedan 2012",
-    "2012 Mercedes-Benz S-Class Sedan": "Mercedes-Benz S-Class Sedan 2012",
-    "2012 Mercedes-Benz Sprinter Van": "Mercedes-Benz Sprinter Van 2012",
-    "2012 Mitsubishi Lancer Sedan": "Mitsubishi Lancer Sedan 2012",
-    "2012 Nissan Leaf Hatchback": "Nissan Leaf Hatchback 2012",
-    "2012 Nissan NV Passenger Van": "Nissan NV Passenger Van 2012",
-    "2012 Nissan Juke Hatchback": "Nissan Juke Hatchback 2012",
-    "1998 Nissan 240SX Coupe": "Nissan 240SX Coupe 1998",
-    "1999 Plymouth Neon Coupe": "Plymouth Neon Coupe 1999",
-    "2012 Porsche Panamera Sedan": "Porsche Panamera Sedan 2012",
-    # CuPL drops the slash of "C/V" (normalisation would give "c v", not "cv").
-    "2012 Ram C/V Cargo Van Minivan": "Ram CV Cargo Van Minivan 2012",
-    "2012 Rolls-Royce Phantom Drophead Coupe Convertible": "Rolls-Royce Phantom Drophead Coupe Convertible 2012",
-    "2012 Rolls-Royce Ghost Sedan": "Rolls-Royce Ghost Sedan 2012",
-    "2012 Rolls-Royce Phantom Sedan": "Rolls-Royce Phantom Sedan 2012",
-    "2012 Scion xD Hatchback": "Scion xD Hatchback 2012",
-    "2009 Spyker C8 Convertible": "Spyker C8 Convertible 2009",
-    "2009 Spyker C8 Coupe": "Spyker C8 Coupe 2009",
-    "2007 Suzuki Aerio Sedan": "Suzuki Aerio Sedan 2007",
-    "2012 Suzuki Kizashi Sedan": "Suzuki Kizashi Sedan 2012",
-    "2012 Suzuki SX4 Hatchback": "Suzuki SX4 Hatchback 2012",
-    "2012 Suzuki SX4 Sedan": "Suzuki SX4 Sedan 2012",
-    "2012 Tesla Model S Sedan": "Tesla Model S Sedan 2012",
-    "2012 Toyota Sequoia SUV": "Toyota Sequoia SUV 2012",
-    "2012 Toyota Camry Sedan": "Toyota Camry Sedan 2012",
-    "2012 Toyota Corolla Sedan": "Toyota Corolla Sedan 2012",
-    "2012 Toyota 4Runner SUV": "Toyota 4Runner SUV 2012",
-    "2012 Volkswagen Golf Hatchback": "Volkswagen Golf Hatchback 2012",
-    "1991 Volkswagen Golf Hatchback": "Volkswagen Golf Hatchback 1991",
-    "2012 Volkswagen Beetle Hatchback": "Volkswagen Beetle Hatchback 2012",
-    "2012 Volvo C30 Hatchback": "Volvo C30 Hatchback 2012",
-    "1993 Volvo 240 Sedan": "Volvo 240 Sedan 1993",
-    "2007 Volvo XC90 SUV": "Volvo XC90 SUV 2007",
-    "2012 smart fortwo Convertible": "smart fortwo Convertible 2012",
-}
+# CuPL writes this one model without the slash; every other car follows `_year_last`.
+_STANFORD_CARS = {"2012 Ram C/V Cargo Van Minivan": "Ram CV Cargo Van Minivan 2012"}
 
-# Generated from CoOp's "qualifier category_name" as "category name (qualifier)", with
-# underscores as spaces in both parts, then checked key by key against cupl/sun397.json.
-_SUN397 = {
-    "outdoor apartment_building": "apartment building (outdoor)",
-    "indoor apse": "apse (indoor)",
-    "outdoor arrival_gate": "arrival gate (outdoor)",
-    "outdoor athletic_field": "athletic field (outdoor)",
-    "public atrium": "atrium (public)",
-    "indoor badminton_court": "badminton court (indoor)",
-    "shop bakery": "bakery (shop)",
-    "exterior balcony": "balcony (exterior)",
-    "interior balcony": "balcony (interior)",
-    "outdoor basketball_court": "basketball court (outdoor)",
-    "indoor bazaar": "bazaar (indoor)",
-    "outdoor bazaar": "bazaar (outdoor)",
-    "indoor bistro": "bistro (indoor)",
-    "indoor booth": "booth (indoor)",
-    "indoor bow_window": "bow window (indoor)",
-    "outdoor bow_window": "bow window (outdoor)",
-    "indoor brewery": "brewery (indoor)",
-    "outdoor cabin": "cabin (outdoor)",
-    "natural canal": "canal (natural)",
-    "urban canal": "canal (urban)",
-    "backseat car_interior": "car interior (backseat)",
-    "frontseat car_interior": "car interior (frontseat)",
-    "indoor casino": "casino (indoor)",
-    "indoor cathedral": "cathedral (indoor)",
-    "outdoor cathedral": "cathedral (outdoor)",
-    "indoor cavern": "cavern (indoor)",
-    "indoor chicken_coop": "chicken coop (indoor)",
-    "outdoor chicken_coop": "chicken coop (outdoor)",
-    "indoor church": "church (indoor)",
-    "outdoor church": "church (outdoor)",
-    "indoor cloister": "cloister (indoor)",
-    "outdoor control_tower": "control tower (outdoor)",
-    "exterior covered_bridge": "covered bridge (exterior)",
-    "office cubicle": "cubicle (office)",
-    "sand desert": "desert (sand)",
-    "vegetation desert": "desert (vegetation)",
-    "indoor diner": "diner (indoor)",
-    "outdoor diner": "diner (outdoor)",
-    "home dinette": "dinette (home)",
-    "vehicle dinette": "dinette (vehicle)",
-    "outdoor doorway": "doorway (outdoor)",
-    "outdoor driving_range": "driving range (outdoor)",
-    "door elevator": "elevator (door)",
-    "interior elevator": "elevator (interior)",
-    "indoor escalator": "escalator (indoor)",
-    "indoor factory": "factory (indoor)",
-    "cultivated field": "field (cultivated)",
-    "wild field": "field (wild)",
-    "indoor firing_range": "firing range (indoor)",
-    "indoor florist_shop": "florist shop (indoor)",
-    "broadleaf forest": "forest (broadleaf)",
-    "needleleaf forest": "forest (needleleaf)",
-    "indoor garage": "garage (indoor)",
-    "exterior gazebo": "gazebo (exterior)",
-    "indoor general_store": "general store (indoor)",
-    "outdoor general_store": "general store (outdoor)",
-    "indoor greenhouse": "greenhouse (indoor)",
-    "outdoor greenhouse": "greenhouse (outdoor)",
-    "indoor gymnasium": "gymnasium (indoor)",
-    "indoor hangar": "hangar (indoor)",
-    "outdoor hangar": "hangar (outdoor)",
-    "outdoor hot_tub": "hot tub (outdoor)",
-    "outdoor hotel": "hotel (outdoor)",
-    "outdoor hunting_lodge": "hunting lodge (outdoor)",
-    "indoor ice_skating_rink": "ice skating rink (indoor)",
-    "outdoor ice_skating_rink": "ice skating rink (outdoor)",
-    "outdoor inn": "inn (outdoor)",
-    "indoor jacuzzi": "jacuzzi (indoor)",
-    "indoor jail": "jail (indoor)",
-    "indoor kennel": "kennel (indoor)",
-    "outdoor kennel": "kennel (outdoor)",
-    "outdoor labyrinth": "labyrinth (outdoor)",
-    "natural lake": "lake (natural)",
-    "indoor library": "library (indoor)",
-    "outdoor library": "library (outdoor)",
-    "outdoor lido_deck": "lido deck (outdoor)",
-    "indoor market": "market (indoor)",
-    "outdoor market": "market (outdoor)",
-    "water moat": "moat (water)",
-    "outdoor monastery": "monastery (outdoor)",
-    "indoor mosque": "mosque (indoor)",
-    "outdoor mosque": "mosque (outdoor)",
-    "indoor movie_theater": "movie theater (indoor)",
-    "indoor museum": "museum (indoor)",
-    "outdoor nuclear_power_plant": "nuclear power plant (outdoor)",
-    "outdoor observatory": "observatory (outdoor)",
-    "outdoor oil_refinery": "oil refinery (outdoor)",
-    "outdoor outhouse": "outhouse (outdoor)",
-    "indoor parking_garage": "parking garage (indoor)",
-    "outdoor parking_garage": "parking garage (outdoor)",
-    "indoor pilothouse": "pilothouse (indoor)",
-    "outdoor planetarium": "planetarium (outdoor)",
-    "indoor podium": "podium (indoor)",
-    "outdoor podium": "podium (outdoor)",
-    "establishment poolroom": "poolroom (establishment)",
-    "home poolroom": "poolroom (home)",
-    "outdoor power_plant": "power plant (outdoor)",
-    "indoor pub": "pub (indoor)",
-    "indoor shopping_mall": "shopping mall (indoor)",
-    "baseball stadium": "stadium (baseball)",
-    "football stadium": "stadium (football)",
-    "indoor stage": "stage (indoor)",
-    "platform subway_station": "subway station (platform)",
-    "indoor swimming_pool": "swimming pool (indoor)",
-    "outdoor swimming_pool": "swimming pool (outdoor)",
-    "indoor synagogue": "synagogue (indoor)",
-    "outdoor synagogue": "synagogue (outdoor)",
-    "east_asia temple": "temple (east asia)",
-    "south_asia temple": "temple (south asia)",
-    "indoor tennis_court": "tennis court (indoor)",
-    "outdoor tennis_court": "tennis court (outdoor)",
-    "outdoor tent": "tent (outdoor)",
-    "indoor_procenium theater": "theater (indoor procenium)",
-    "indoor_seats theater": "theater (indoor seats)",
-    "outdoor track": "track (outdoor)",
-    "platform train_station": "train station (platform)",
-    "coral_reef underwater": "underwater (coral reef)",
-    "indoor volleyball_court": "volleyball court (indoor)",
-    "outdoor volleyball_court": "volleyball court (outdoor)",
-    "indoor warehouse": "warehouse (indoor)",
-    "block waterfall": "waterfall (block)",
-    "fan waterfall": "waterfall (fan)",
-    "plunge waterfall": "waterfall (plunge)",
-    "barrel_storage wine_cellar": "wine cellar (barrel storage)",
-    "bottle_storage wine_cellar": "wine cellar (bottle storage)",
-    "indoor wrestling_ring": "wrestling ring (indoor)",
-}
 
-ALIASES: dict[str, dict[str, str]] = {
-    "caltech101": _CALTECH101,
-    "flowers102": _FLOWERS102,
-    "stanford_cars": _STANFORD_CARS,
-    "sun397": _SUN397,
-    "ucf101": _UCF101,
-}
+def _year_last(name: str) -> str | None:
+    """Stanford Cars: CoOp's "2012 Acura RL Sedan" is CuPL's "Acura RL Sedan 2012"."""
+    match = re.fullmatch(r"(\d{4}) (.+)", name)
+    return f"{match[2]} {match[1]}" if match else None
+
+
+def _qualifier_last(name: str) -> str | None:
+    """SUN397: CoOp's "outdoor apartment_building" is CuPL's "apartment building (outdoor)"."""
+    if " " not in name:
+        return None
+    qualifier, category = name.split(" ", 1)
+    return f"{category.replace('_', ' ')} ({qualifier.replace('_', ' ')})"
+
+
+_TABLES = {"caltech101": _CALTECH101, "flowers102": _FLOWERS102, "stanford_cars": _STANFORD_CARS, "ucf101": _UCF101}
+# Applied to the dataset's class names (`aape_jax.data.classnames`) before its table.
+_RULES = {"stanford_cars": _year_last, "sun397": _qualifier_last}
+ALIASED_DATASETS = tuple(sorted({*_TABLES, *_RULES}))
 
 
 def aliases_for(dataset: str, available: Collection[str] | None = None) -> dict[str, str]:
@@ -411,7 +96,10 @@ def aliases_for(dataset: str, available: Collection[str] | None = None) -> dict[
         themselves (e.g. one written by `generate`) is matched by name instead of
         failing on a CuPL key it does not have.
     """
-    table = dict(ALIASES.get(dataset, {}))
+    table = {}
+    if dataset in _RULES:
+        table = {c: k for c in classnames.load(dataset) if (k := _RULES[dataset](c)) is not None}
+    table.update(_TABLES.get(dataset, {}))
     if available is not None:
         table = {c: k for c, k in table.items() if k in available}
     return table
