@@ -46,7 +46,7 @@ from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tiny import GEOMETRIES
 from aape_jax.errors import ConfigError
 from aape_jax.data.text_features import class_text
-from aape_jax.models.aape import AAPE, aape_config
+from aape_jax.models.aape import AAPE, aape_config, init_params
 from aape_jax.models.heads import ClassPrefixCache, ClassText
 from aape_jax.numerics import padded_batches
 from aape_jax.train_step import make_logits_fn
@@ -142,9 +142,7 @@ class AAPEClassifier:
             path = toyworld.pretrained_clip(config.get("toyworld_tokenizer_dir") or None)
         frozen = clip_lib.load(path, dtype=jnp.dtype(dtype or config["clip_dtype"]))
         model = AAPE(aape_config(config["model"], frozen.config))
-        d = model.config.embed_dim
-        abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 1, d)),
-                                  jnp.ones((1, 1), bool))["params"]
+        abstract = jax.eval_shape(lambda key: init_params(model, key), jax.random.key(0))
         try:
             params, _ = restore_trainable(workdir, abstract)
         except ParamsMismatchError as e:

@@ -13,7 +13,7 @@ from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data.feature_store import FeatureStore
 from aape_jax.data.text_features import class_text, prompt_table
 from aape_jax.methods.learner import Learner
-from aape_jax.models.aape import AAPE, aape_config
+from aape_jax.models.aape import AAPE, aape_config, init_params
 from aape_jax.models.heads import ClassText
 from aape_jax.train_step import LossWeights, StepData, make_logits_fn, make_loss_fn
 
@@ -37,12 +37,11 @@ def build(config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureSto
 
     scores = make_logits_fn(model, clip.module)
     weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
-    q0 = jnp.zeros((1, model.config.embed_dim))
     return Learner(
         name="aape", class_text=classes,
         logits_fn=lambda params, z, c, cp, scale: scores(params, z, c[0], cp, scale, c[1]),
         uses_clip_text=head.uses_text_tower,
-        init_params=lambda key: model.init(key, q0, jnp.asarray(table[:1]), jnp.asarray(mask[:1]))["params"],
+        init_params=lambda key: init_params(model, key),
         make_loss=lambda axis: make_loss_fn(model, clip.module, weights, axis),
         step_data=StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask), class_text=text(base_names),
                            clip_params=clip_params, logit_scale=jnp.asarray(clip.params["logit_scale"])),

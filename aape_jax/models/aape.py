@@ -8,6 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from aape_jax.clip.config import CLIPConfig
 from aape_jax.models.aggregator import AGGREGATORS, AttentionAggregator, MLPAggregator
@@ -57,6 +58,13 @@ def aape_config(model: Mapping[str, Any], clip_config: CLIPConfig) -> AAPEConfig
     return AAPEConfig(embed_dim=clip_config.projection_dim, head=head, aggregator=model["aggregator"],
                       num_heads=model["num_heads"], aggregator_hidden=model["aggregator_hidden"],
                       generator_hidden=model["generator_hidden"])
+
+
+def init_params(model: nn.Module, key: jax.Array) -> Any:
+    """A fresh trainable tree of `model` (AAPE, or a module wrapping it with the same call); parameter
+    shapes depend on neither the batch size nor the number of prompts M, so one of each is enough."""
+    d = model.config.embed_dim
+    return model.init(key, jnp.zeros((1, d)), jnp.zeros((1, 1, d)), jnp.ones((1, 1), bool))["params"]
 
 
 class AAPE(nn.Module):

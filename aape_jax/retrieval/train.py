@@ -36,7 +36,7 @@ from aape_jax.data.synthetic_captions import make_captioned_dataset
 from aape_jax.data.text_features import prompt_table
 from aape_jax.errors import ConfigError
 from aape_jax.frozen_stage import image_features, load_clip
-from aape_jax.models.aape import aape_config
+from aape_jax.models.aape import aape_config, init_params
 from aape_jax.numerics import l2_normalize, padded_batches
 from aape_jax.retrieval import metrics as metrics_lib
 from aape_jax.retrieval.train_step import RetrievalAAPE, RetrievalData, make_embed_fn, make_loss_fn
@@ -97,11 +97,6 @@ def retrieval_model(config: ml_collections.ConfigDict, model_clip: FrozenCLIP) -
     return RetrievalAAPE(aape_config(m, model_clip.config), score=m.score, alpha=float(m.alpha))
 
 
-def _init_params(model: RetrievalAAPE, dim: int, key: jax.Array) -> Any:
-    """A fresh trainable tree (aggregator, generator, gate); parameter shapes do not depend on M."""
-    return model.init(key, jnp.zeros((1, dim)), jnp.zeros((1, 1, dim)), jnp.ones((1, 1), bool))["params"]
-
-
 # ------------------------------------------------------------------ evaluation
 
 
@@ -155,14 +150,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     store = FeatureStore(config.feature_store or os.path.join(workdir, "feature_store"))
     model_clip = load_clip(config, workdir)
     model = retrieval_model(config, model_clip)
-    dim = model_clip.config.projection_dim
-    init_params = lambda key: _init_params(model, dim, key)
+    fresh_params = lambda key: init_params(model, key)
 
     history: list[dict] = []
     if config.num_epochs == 0:
         if not config.init and config_check.latest_checkpoint_step(workdir) is None:
             raise ConfigError("config.num_epochs is 0: give config.init (a trained workdir) to evaluate")
-        params, history = trainer.evaluation_params(init_params, config, workdir)
+        params, history = trainer.evaluation_params(fresh_params, config, workdir)
     else:
         # Stage 1: captions and images through the frozen CLIP, once, into the store.
         table, mask = caption_embeddings(model_clip, store, train)
@@ -173,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         weights = LossWeights(config.loss.distill_weight, config.loss.aggregator_weight)
         step_data = RetrievalData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask),
                                   logit_scale=jnp.asarray(model_clip.params["logit_scale"]))
-        run = trainer.TrainingRun(init_params=init_params,
+        run = trainer.TrainingRun(init_params=fresh_params,
                                   make_loss=lambda axis: make_loss_fn(model, weights, axis_name=axis),
                                   step_data=step_data, features=train_z, labels=rows, prompt_rows=rows)
         # Stage 2: training (checkpoints, resume, preemption, NaN stop: aape_jax.trainer.fit).
