@@ -8,10 +8,9 @@ r"""Benchmarks: ours vs transformers' PyTorch CLIP on the same weights, in one p
 
 Every benchmark prints its configuration, the machine and its figures, and as
 its LAST line one JSON object. Weights: a random CLIP of the real ViT-B/16
-geometry (`clip.tiny.write_checkpoint`, the real 49,408-token vocabulary from
-`--tokenizer_dir`, default `aape_jax.toyworld.default_tokenizer_dir()`:
-`$AAPE_CLIP_TOKENIZER_DIR`, else the known places), loaded by our `clip.load`
-and by `transformers.CLIPModel.from_pretrained` from the same directory.
+geometry and 49,408-token vocabulary (`clip.tiny.write_checkpoint`, vocabulary
+from `--tokenizer_dir`), loaded by our `clip.load` and by
+`transformers.CLIPModel.from_pretrained` from the same directory.
 Timings: a warm-up call (compilation) excluded, then the median of
 `--repeats` calls, each blocking until its result is ready. PyTorch runs fp32
 with all cores (`torch.set_num_threads(os.cpu_count())`), on the GPU when
@@ -50,15 +49,15 @@ from aape_jax.configs.classification import base2new
 from aape_jax.data.text_features import class_text
 from aape_jax.errors import ConfigError
 from aape_jax.inference import AAPEClassifier
-from aape_jax.models.aape import AAPE, AAPEConfig
+from aape_jax.models.aape import AAPE, AAPEConfig, init_params
 from aape_jax.models.heads import make_head
 from aape_jax.train_step import LossWeights, StepData, make_loss_fn
 
 # The directory holding the `aape_jax` package (put on the memory subprocess's path).
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKENIZER_ENV = "AAPE_CLIP_TOKENIZER_DIR"
-_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 TEMPLATE = "a photo of a {}."
+PROMPTS = 8  # M: prompt features per class in the train step's prompt table
 # Class names of realistic length (1-4 words), cycled to any C.
 _NAMES = ("golden retriever", "tabby cat", "red fox", "airliner", "sports car", "school bus", "mountain bike",
           "sunflower", "daisy", "pizza", "cheeseburger", "espresso", "lighthouse", "castle", "volcano",
@@ -67,16 +66,15 @@ _NAMES = ("golden retriever", "tabby cat", "red fox", "airliner", "sports car", 
 
 
 def class_names(n: int) -> list[str]:
-    return [f"{_NAMES[i % len(_NAMES)]}" + ("" if i < len(_NAMES) else f" {i // len(_NAMES)}") for i in range(n)]
+    return [_NAMES[i % len(_NAMES)] + ("" if i < len(_NAMES) else f" {i // len(_NAMES)}") for i in range(n)]
 
 
 # ------------------------------------------------------------------ shared helpers
 
 
-def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time (s) of `repeats` calls of `fn` after `warmup` untimed calls; `fn` must block."""
-    for _ in range(warmup):
-        fn()
+def timeit(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time (s) of `repeats` calls of `fn` after one untimed warm-up call; `fn` must block."""
+    fn()
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
@@ -94,15 +92,14 @@ def machine_info(reference: dict[str, Any] | None = None) -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     dev = jax.devices()[0]
-    info = {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-            "jax_device": f"{dev.platform}:{dev.device_kind}", "jax_devices": jax.device_count()}
-    return {**info, **(reference or {})}
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+            "jax_device": f"{dev.platform}:{dev.device_kind}", "jax_devices": jax.device_count(), **(reference or {})}
 
 
 def resolve_tokenizer_dir(flag: str | None) -> str:
     """The real CLIP vocabulary's directory: `--tokenizer_dir`, else `toyworld.default_tokenizer_dir()`."""
     if flag:
-        missing = [f for f in _TOKENIZER_FILES if not os.path.isfile(os.path.join(flag, f))]
+        missing = [f for f in ("vocab.json", "merges.txt") if not os.path.isfile(os.path.join(flag, f))]
         if missing:
             raise ConfigError(f"--tokenizer_dir {flag} has no {' or '.join(missing)}",
                               hint="pass the directory holding the real CLIP vocab.json and merges.txt")
@@ -116,11 +113,12 @@ def resolve_tokenizer_dir(flag: str | None) -> str:
             hint="--smoke runs without it") from e
 
 
-def make_checkpoint(directory: str, smoke: bool, tokenizer_dir: str | None) -> str:
-    """A random CLIP: real ViT-B/16 geometry and vocabulary, or `tiny` (own vocabulary) with --smoke."""
-    if smoke:
+def make_checkpoint(directory: str, args: argparse.Namespace) -> str:
+    """A random CLIP: real ViT-B/16 geometry and vocabulary (`args.tokenizer_dir`, resolved by `main`), or
+    `tiny` (own vocabulary) with --smoke."""
+    if args.smoke:
         return write_checkpoint(directory, "tiny", seed=0)
-    return write_checkpoint(directory, "vit-b-16", seed=0, tokenizer_dir=resolve_tokenizer_dir(tokenizer_dir))
+    return write_checkpoint(directory, "vit-b-16", seed=0, tokenizer_dir=args.tokenizer_dir)
 
 
 def report(name: str, config: dict, figures: dict, result: dict, reference: dict | None = None) -> None:
@@ -132,8 +130,8 @@ def report(name: str, config: dict, figures: dict, result: dict, reference: dict
     print(json.dumps(result), flush=True)
 
 
-def _round(x: float, n: int = 4) -> float:
-    return float(f"{x:.{n}g}")
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
 
 
 def matmul_peak(size: int, repeats: int) -> dict[str, float]:
@@ -155,9 +153,8 @@ def bench_towers(args: argparse.Namespace) -> None:
     from aape_jax.bench import torch_reference
 
     with tempfile.TemporaryDirectory() as d:
-        path = make_checkpoint(d, args.smoke, args.tokenizer_dir)
-        ours = clip_lib.load(path)
-        ref = torch_reference.load_reference(path)
+        path = make_checkpoint(d, args)
+        ours, ref = clip_lib.load(path), torch_reference.load_reference(path)
     r = ours.config.vision.image_size
     n_img, n_txt = (8, 16) if args.smoke else (args.images, args.prompts)
     pixels = np.random.default_rng(0).normal(size=(n_img, r, r, 3)).astype(np.float32)
@@ -179,19 +176,17 @@ def bench_towers(args: argparse.Namespace) -> None:
 
     # Achieved FLOP/s of our image tower (XLA's own FLOP count of the compiled program) / measured matmul peak.
     # The same program `FrozenCLIP.encode_image` runs on this batch (its bucket of n_img=8 rows is n_img).
-    module = ours.module
-    encode_image = jax.jit(lambda params, x: module.apply({"params": params}, x, method=CLIP.encode_image))
+    encode_image = jax.jit(lambda params, x: ours.module.apply({"params": params}, x, method=CLIP.encode_image))
     cost = encode_image.lower(ours.params, jnp.asarray(pixels)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops_img = float(cost["flops"]) / n_img
     peak = matmul_peak(512 if args.smoke else 2048, rep)
-    peak_flops = max(peak.values())
     ips_ours, ips_ref = n_img / t_img_ours, n_img / t_img_ref
     pps_ours, pps_ref = n_txt / t_txt_ours, n_txt / t_txt_ref
     result = {
         "image_ratio": _round(ips_ours / ips_ref),
         "text_ratio": _round(pps_ours / pps_ref),
-        "mfu_image": _round(flops_img * ips_ours / peak_flops),
+        "mfu_image": _round(flops_img * ips_ours / max(peak.values())),
         "text_ratio_vs_trimmed_reference": _round(pps_ours / (n_txt / t_txt_ref_trim)),
     }
     figures = {
@@ -219,32 +214,36 @@ def _generator_hidden(clip: FrozenCLIP) -> int:
     return max(1, clip.config.projection_dim // 16)
 
 
-def _step_inputs(clip: FrozenCLIP, batch: int, classes: int, prompts: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
+def _aape(clip: FrozenCLIP, combine: str, token_position: str, num_heads: int) -> AAPE:
+    """The benchmarks' one-token AAPE learner on `clip`'s geometry."""
     d = clip.config.projection_dim
-    table = rng.normal(size=(classes, prompts, d)).astype(np.float32)
+    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
+    return AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=num_heads, generator_hidden=_generator_hidden(clip)))
+
+
+def _step_inputs(clip: FrozenCLIP, batch: int, classes: int):
+    rng = np.random.default_rng(0)
+    d = clip.config.projection_dim
+    table = rng.normal(size=(classes, PROMPTS, d)).astype(np.float32)
     table /= np.linalg.norm(table, axis=-1, keepdims=True)
     labels = rng.integers(0, classes, size=batch).astype(np.int32)
     feats = rng.normal(size=(batch, d)).astype(np.float32)
     b = {"features": jnp.asarray(feats), "labels": jnp.asarray(labels), "prompt_rows": jnp.asarray(labels),
          "index": jnp.arange(batch, dtype=jnp.int32)}
-    return b, table, np.ones((classes, prompts), bool)
+    return b, table
 
 
-def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int,
-                  prompts: int = 8):
+def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int):
     """Our jitted train step (the one train.py runs: `trainer.make_step(train_step.make_loss_fn(...), tx)`)
     with its inputs; returns (run_one_step, jitted, args)."""
-    d = clip.config.projection_dim
-    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
-    model = AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=_aggregator_heads(clip),
-                            generator_hidden=_generator_hidden(clip)))
-    b, table, mask = _step_inputs(clip, batch, classes, prompts)
-    data = StepData(prompts=jnp.asarray(table), prompt_mask=jnp.asarray(mask),
+    model = _aape(clip, combine, token_position, _aggregator_heads(clip))
+    head = model.config.head
+    b, table = _step_inputs(clip, batch, classes)
+    data = StepData(prompts=jnp.asarray(table), prompt_mask=jnp.ones((classes, PROMPTS), bool),
                     class_text=class_text(clip, TEMPLATE, class_names(classes), head.num_tokens),
                     clip_params=clip.params if head.uses_text_tower else None,
                     logit_scale=jnp.asarray(clip.params["logit_scale"]))
-    params = model.init(jax.random.key(0), b["features"][:1], data.prompts[:1], data.prompt_mask[:1])["params"]
+    params = init_params(model, jax.random.key(0))
     tx = optax.sgd(0.002, momentum=0.9)
     state = trainer.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params))
     jitted = jax.jit(trainer.make_step(make_loss_fn(model, clip.module, LossWeights()), tx), donate_argnums=0)
@@ -264,15 +263,14 @@ def bench_train_step(args: argparse.Namespace) -> None:
     batch, classes = (8, 5) if args.smoke else (32, args.classes)
     rep = args.repeats
     with tempfile.TemporaryDirectory() as d:
-        path = make_checkpoint(d, args.smoke, args.tokenizer_dir)
-        clip = clip_lib.load(path)
-        ref = torch_reference.load_reference(path)
+        path = make_checkpoint(d, args)
+        clip, ref = clip_lib.load(path), torch_reference.load_reference(path)
     secs = {}
     for name, combine, position in (("token_prefix", "token", "prefix"), ("token_suffix", "token", "suffix"),
                                     ("feature", "feature", "prefix")):
         run, _, _ = make_our_step(clip, combine, position, batch, classes)
         secs[name] = timeit(run, rep if combine == "token" else max(rep, 20))
-    b, table, _ = _step_inputs(clip, batch, classes, 8)
+    b, table = _step_inputs(clip, batch, classes)
     labels = np.asarray(b["labels"])
     t_feats = torch_reference.to_device(np.asarray(b["features"]))
     t_labels = torch_reference.to_device(labels.astype(np.int64))
@@ -283,10 +281,8 @@ def bench_train_step(args: argparse.Namespace) -> None:
                                                _generator_hidden(clip))
         secs[f"torch_{position}"] = timeit(lambda: torch_step.step(t_feats, t_labels, t_prompts), rep)
     ips = {k: batch / v for k, v in secs.items()}
-    memory = {}
-    if not args.smoke:
-        for position in ("prefix", "suffix"):
-            memory[position] = step_memory_subprocess(args, position, batch, args.memory_classes)
+    memory = {} if args.smoke else {position: step_memory_subprocess(args, position, batch, args.memory_classes)
+                                    for position in ("prefix", "suffix")}
     result = {
         "token_vs_torch": _round(ips["token_suffix"] / ips["torch_suffix"]),
         "feature_vs_token": _round(ips["feature"] / ips["token_suffix"]),
@@ -315,7 +311,7 @@ def step_memory(args: argparse.Namespace) -> None:
       the resident set just before it is the step's own increase.
     """
     with tempfile.TemporaryDirectory() as d:
-        clip = clip_lib.load(make_checkpoint(d, args.smoke, args.tokenizer_dir))
+        clip = clip_lib.load(make_checkpoint(d, args))
     run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes)
     mem = jitted.lower(*step_args).compile().memory_analysis()
     run()  # compiles and runs once
@@ -357,11 +353,8 @@ def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, 
 
 def _untrained_classifier(clip: FrozenCLIP, token_position: str) -> AAPEClassifier:
     """An `AAPEClassifier` (token head, one token) with freshly initialised weights: cost does not depend on them."""
-    d = clip.config.projection_dim
-    head = make_head("token", d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
-    model = AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=4, generator_hidden=_generator_hidden(clip)))
-    params = model.init(jax.random.key(0), jnp.zeros((1, d)), jnp.zeros((1, 2, d)), jnp.ones((1, 2), bool))["params"]
-    return AAPEClassifier(clip, model, params, TEMPLATE)
+    model = _aape(clip, "token", token_position, num_heads=4)
+    return AAPEClassifier(clip, model, init_params(model, jax.random.key(0)), TEMPLATE)
 
 
 def bench_inference(args: argparse.Namespace) -> None:
@@ -373,7 +366,7 @@ def bench_inference(args: argparse.Namespace) -> None:
     untimed warm-up call that also compiles.
     """
     with tempfile.TemporaryDirectory() as d:
-        clip = clip_lib.load(make_checkpoint(d, args.smoke, args.tokenizer_dir))
+        clip = clip_lib.load(make_checkpoint(d, args))
     n = 4 if args.smoke else args.images
     r = clip.config.vision.image_size
     pixels = np.random.default_rng(0).normal(size=(n, r, r, 3)).astype(np.float32)  # host arrays, as preprocess gives
@@ -389,10 +382,9 @@ def bench_inference(args: argparse.Namespace) -> None:
         per_image["zeroshot"][c] = timeit(
             lambda: np.asarray(zeroshot.scores(clip.encode_image(pixels), weights, scale)), rep) / n
         for position, clf in classifiers.items():
-            if position == "prefix" and c > 100 and not args.full:
-                per_image["aape_prefix"][c] = None  # the plain path at C=1000 takes minutes on a CPU
-                continue
-            per_image[f"aape_{position}"][c] = timeit(lambda: clf.predict_proba_pixels(pixels, names), rep) / n
+            skip = position == "prefix" and c > 100 and not args.full  # the plain path at C=1000 takes minutes on a CPU
+            per_image[f"aape_{position}"][c] = None if skip else timeit(
+                lambda: clf.predict_proba_pixels(pixels, names), rep) / n
     result = {
         "zeroshot_cost_over_aape_c100": _round(per_image["zeroshot"][100] / per_image["aape_suffix"][100]),
         "zeroshot_cost_over_aape_prefix_c100": _round(per_image["zeroshot"][100] / per_image["aape_prefix"][100]),
@@ -411,29 +403,26 @@ def bench_inference(args: argparse.Namespace) -> None:
 
 
 def bench_features(args: argparse.Namespace) -> None:
-    """The offline default scaled up, feature mode: a run with a cold feature store, then a rerun (new
-    workdir, same store). Scaled up: the random CLIP has the real ViT-B/16 geometry (224-pixel images;
-    `tiny` with --smoke) and the synthetic set has all 16 classes. A first untimed run on a separate,
-    smaller store compiles the training and evaluation programs, so the timed runs differ by the store."""
+    """The offline default in feature mode, scaled up (real ViT-B/16 geometry, `tiny` with --smoke; by default
+    all 16 synthetic classes): a run with a cold feature store, then a rerun (new workdir, same store). A first
+    untimed run on a separate, smaller store compiles the training and evaluation programs, so the timed runs
+    differ by the store."""
     from aape_jax.train import train_and_evaluate
 
-    def config(store: str, warmup: bool):
-        c = base2new("runlocal,combine=feature", "aape")  # what experiments/aape_base2new.py runs
-        c.feature_store = store
-        c.num_epochs = 1 if args.smoke else 2
-        if not args.smoke:
-            c.dataset.synthetic_classes = args.synthetic_classes
-            c.dataset.synthetic_train_per_class = 16
-            c.dataset.synthetic_test_per_class = 2 if warmup else args.synthetic_test
-            c.dataset.num_views = 1 if warmup else args.views
-        return c
-
+    epochs = 1 if args.smoke else 2
     with tempfile.TemporaryDirectory() as root:
-        clip_dir = make_checkpoint(os.path.join(root, "clip"), args.smoke, args.tokenizer_dir)
+        clip_dir = make_checkpoint(os.path.join(root, "clip"), args)
 
         def run(tag: str, store: str, warmup: bool = False) -> float:
-            c = config(os.path.join(root, store), warmup)
+            c = base2new("runlocal,combine=feature", "aape")  # what experiments/aape_base2new.py runs
             c.clip = clip_dir
+            c.feature_store = os.path.join(root, store)
+            c.num_epochs = epochs
+            if not args.smoke:
+                c.dataset.synthetic_classes = args.synthetic_classes
+                c.dataset.synthetic_train_per_class = 16
+                c.dataset.synthetic_test_per_class = 2 if warmup else args.synthetic_test
+                c.dataset.num_views = 1 if warmup else args.views
             t0 = time.perf_counter()
             train_and_evaluate(c, os.path.join(root, tag))
             return time.perf_counter() - t0
@@ -445,7 +434,7 @@ def bench_features(args: argparse.Namespace) -> None:
     figures = {"warm-up run s (separate small store, compiles)": f"{warm:.2f}",
                "first run s (cold store)": f"{first:.2f}", "rerun s (same store)": f"{rerun:.2f}"}
     report("features", {"classes": args.synthetic_classes, "views": args.views, "test_per_class": args.synthetic_test,
-                        "smoke": args.smoke, "combine": "feature", "shots": 16, "epochs": 1 if args.smoke else 2,
+                        "smoke": args.smoke, "combine": "feature", "shots": 16, "epochs": epochs,
                         "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result)
 
 

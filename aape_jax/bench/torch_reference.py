@@ -1,11 +1,9 @@
 """The PyTorch side of the benchmarks: transformers' CLIP on the same weights and the AAPE step in PyTorch.
 
-All of the project's PyTorch/transformers code for benchmarking lives here.
-Only the benchmarks that compare against PyTorch (`towers`, `train_step`)
-import this module, inside their functions: importing `aape_jax`,
-`aape_jax.bench` or any other module of the package never loads torch.
-PyTorch runs fp32 with all cores, on the GPU when there is one; every call
-handed back for timing blocks until its result is ready.
+All of the project's PyTorch/transformers benchmarking code lives here, imported only inside the benchmarks
+that compare against PyTorch (`towers`, `train_step`): importing any other module of the package never
+loads torch. PyTorch runs fp32 with all cores, on the GPU when there is one; every call handed back for
+timing blocks until its result is ready.
 """
 
 from __future__ import annotations
@@ -24,30 +22,29 @@ if TYPE_CHECKING:
     from aape_jax.models.heads import ClassText
 
 
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def sync() -> None:
-    if torch.cuda.is_available():
+    if DEVICE == "cuda":
         torch.cuda.synchronize()
 
 
 def machine_info() -> dict[str, Any]:
     """The PyTorch part of the benchmark's machine line."""
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "torch_device": device(),
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "torch_device": DEVICE,
             "torch_threads": torch.get_num_threads()}
 
 
 def load_reference(directory: str) -> transformers.CLIPModel:
     """transformers' PyTorch CLIPModel on the same weights, fp32, eval mode."""
     torch.set_num_threads(os.cpu_count() or 1)
-    return transformers.CLIPModel.from_pretrained(directory, dtype=torch.float32).eval().to(device())
+    return transformers.CLIPModel.from_pretrained(directory, dtype=torch.float32).eval().to(DEVICE)
 
 
 def to_device(x: np.ndarray) -> torch.Tensor:
     """A host array (copied: views of JAX arrays are read-only) as a tensor on the reference's device."""
-    return torch.from_numpy(np.array(x, order="C", copy=True)).to(device())
+    return torch.from_numpy(np.array(x, order="C", copy=True)).to(DEVICE)
 
 
 def blocking(fn: Callable[[], Any]) -> Callable[[], None]:
@@ -63,7 +60,7 @@ def blocking(fn: Callable[[], Any]) -> Callable[[], None]:
 
 def matmul_call(size: int) -> Callable[[], None]:
     """One blocking fp32 [size, size] @ [size, size] matmul."""
-    a = torch.randn(size, size, device=device())
+    a = torch.randn(size, size, device=DEVICE)
     return blocking(lambda: torch.mm(a, a))
 
 
@@ -116,15 +113,12 @@ class TorchAAPE:
                  heads: int, hidden: int):
         if token_position not in ("prefix", "suffix"):
             raise ValueError(f"token_position is {token_position!r}; choose 'prefix' or 'suffix'")
-        self.ref = ref
-        dev = device()
-        for p in ref.parameters():
-            p.requires_grad_(False)
+        self.ref = ref.requires_grad_(False)
         d, w = clip.config.projection_dim, clip.config.text.hidden_size
-        self.agg = nn.MultiheadAttention(d, heads, batch_first=True).to(dev)
-        self.agg_out = nn.Linear(d, d).to(dev)
-        self.gen = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d)).to(dev)
-        self.head = nn.Linear(d, w).to(dev)
+        self.agg = nn.MultiheadAttention(d, heads, batch_first=True).to(DEVICE)
+        self.agg_out = nn.Linear(d, d).to(DEVICE)
+        self.gen = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d)).to(DEVICE)
+        self.head = nn.Linear(d, w).to(DEVICE)
         params = [*self.agg.parameters(), *self.agg_out.parameters(), *self.gen.parameters(), *self.head.parameters()]
         self.opt = torch.optim.SGD(params, lr=0.002, momentum=0.9)
         self.ids = to_device(np.asarray(class_text.ids).astype(np.int64))  # [C, L]
