@@ -1,11 +1,10 @@
 """Checks a run's config before any work: its values, and the workdir's record of earlier runs.
 
-`validate(config)`: every numeric field in range, every choice a known one;
-a `ConfigError` names each bad field and its value (`config.batch_size is -4
-(must be > 0)`). The fields both tasks share (`aape_jax/configs/trainer.py`)
-and each task's own (`aape_jax/configs/classification.py`, `retrieval.py`)
-are checked the same way (`config.task` picks the rules; absent fields are
-skipped).
+`validate(config)`: every numeric field in range, every choice a known one; a
+`ConfigError` names each bad field and its value (`config.batch_size is -4
+(must be an integer >= 1)`). `config.task` picks the rules: the fields both
+tasks share (`aape_jax/configs/trainer.py`) and the task's own
+(`classification.py`, `retrieval.py`); absent fields are skipped.
 
 `resume_record(config, workdir, git)`: a workdir records the config its
 checkpoints and metrics were made with (`config.json`). A rerun whose config
@@ -48,7 +47,11 @@ IGNORED_ON_RESUME: tuple[str, ...] = (
     "num_devices", "parallelism",
 )
 
+TASKS = ("classification", "retrieval")
+PROMPTED_METHODS = ("aape", "cupl")  # methods that read config.prompts.path
+
 _ABSENT = object()
+_Rule = Callable[[Any], str | None]  # None when the value is fine, else why not
 
 
 # ------------------------------------------------------------------ values
@@ -70,44 +73,36 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _rule(ok: Callable[[Any], bool], why: str) -> _Rule:
+    return lambda v: None if ok(v) else why
 
 
-def _integer(minimum: int) -> Callable[[Any], str | None]:
-    return lambda v: None if _is_int(v) and v >= minimum else f"must be an integer >= {minimum}"
+def _integer(minimum: int) -> _Rule:
+    return _rule(lambda v: _is_int(v) and v >= minimum, f"must be an integer >= {minimum}")
 
 
-def _real(minimum: float, strict: bool = False, below: float | None = None) -> Callable[[Any], str | None]:
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    if below is not None:
-        bound += f" and < {below}"
+def _real(minimum: float, strict: bool = False, below: float | None = None) -> _Rule:
+    bound = (f"> {minimum}" if strict else f">= {minimum}") + ("" if below is None else f" and < {below}")
 
-    def check(v: Any) -> str | None:
-        ok = _is_real(v) and (v > minimum if strict else v >= minimum) and (below is None or v < below)
-        return None if ok else f"must be a finite number {bound}"
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > minimum if strict else v >= minimum) and (below is None or v < below)
 
-    return check
+    return _rule(ok, f"must be a finite number {bound}")
 
 
-def _choice(choices) -> Callable[[Any], str | None]:
+def _choice(choices) -> _Rule:
     choices = tuple(choices)
-    return lambda v: None if v in choices else "choose one of " + ", ".join(repr(c) for c in choices)
+    return _rule(lambda v: v in choices, "choose one of " + ", ".join(repr(c) for c in choices))
 
 
-def _boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
+_boolean = _rule(lambda v: isinstance(v, bool), "must be true or false")
+_string = _rule(lambda v: isinstance(v, str), "must be a string")
+_template = _rule(lambda v: isinstance(v, str) and "{}" in v, "must be a string with '{}' where the class name goes")
 
 
-def _string(v: Any) -> str | None:
-    return None if isinstance(v, str) else "must be a string"
-
-
-def _template(v: Any) -> str | None:
-    return None if isinstance(v, str) and "{}" in v else "must be a string with '{}' where the class name goes"
-
-
-def _common_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
+def _common_rules() -> list[tuple[str, _Rule]]:
     """Fields of both tasks (optimisation, batches, checkpoints, the AAPE modules)."""
     from aape_jax.clip.tiny import GEOMETRIES
     from aape_jax.models.aggregator import AGGREGATORS
@@ -130,13 +125,13 @@ def _common_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
     ]
 
 
-def _classification_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
+def _classification_rules() -> list[tuple[str, _Rule]]:
     from aape_jax.data.datasets import SOURCES
     from aape_jax.methods import METHODS
     from aape_jax.models.heads import COMBINE_MODES, TOKEN_POSITIONS
 
     return [
-        ("method", _choice(METHODS)), ("protocol", _choice(PROTOCOLS)),
+        ("method", _choice(METHODS)), ("protocol", _choice(("base2new", "fewshot", "transfer"))),
         ("dataset.name", _string), ("dataset.root", _string), ("dataset.source", _choice(SOURCES)),
         ("dataset.shots", _integer(1)),
         ("dataset.synthetic_classes", _integer(2)), ("dataset.synthetic_train_per_class", _integer(1)),
@@ -147,11 +142,11 @@ def _classification_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
         ("model.token_position", _choice(TOKEN_POSITIONS)), ("model.template", _template),
         ("baseline.templates", _choice(("single", "ensemble"))), ("baseline.meta_ratio", _integer(1)),
         ("baseline.kg_weight", _real(0)),
-        ("evaluate_split", _choice(EVALUATE_SPLITS)), ("report_zeroshot", _boolean),
+        ("evaluate_split", _choice(("test", "val"))), ("report_zeroshot", _boolean),
     ]
 
 
-def _retrieval_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
+def _retrieval_rules() -> list[tuple[str, _Rule]]:
     from aape_jax.retrieval.metrics import TIES
     from aape_jax.retrieval.train_step import SCORES
 
@@ -159,12 +154,6 @@ def _retrieval_rules() -> list[tuple[str, Callable[[Any], str | None]]]:
         ("dataset.max_captions", _integer(0)), ("model.score", _choice(SCORES)), ("model.alpha", _real(0)),
         ("eval_block", _integer(1)), ("eval_ties", _choice(TIES)),
     ]
-
-
-TASKS = ("classification", "retrieval")
-PROTOCOLS = ("base2new", "fewshot", "transfer")
-EVALUATE_SPLITS = ("test", "val")
-PROMPTED_METHODS = ("aape", "cupl")  # methods that read config.prompts.path
 
 
 def _fmt(v: Any) -> str:
@@ -185,13 +174,11 @@ def problems(config: Any, device_count: int | None = None) -> list[str]:
     out = []
     for path, check in rules:
         value = _get(config, path)
-        if value is _ABSENT:
-            continue
-        why = check(value)
+        why = None if value is _ABSENT else check(value)
         if why:
             out.append(f"config.{path} is {_fmt(value)} ({why})")
-    out += _cross_field_problems(config, task, device_count, bad={line.split()[0] for line in out})
-    return out
+    bad = {line.split()[0] for line in out}  # a field already reported is not checked against others
+    return out + _cross_field_problems(config, task, device_count, bad)
 
 
 def _cross_field_problems(config: Any, task: str, device_count: int | None, bad: set[str]) -> list[str]:
@@ -200,32 +187,29 @@ def _cross_field_problems(config: Any, task: str, device_count: int | None, bad:
         import jax
 
         device_count = jax.device_count()
-    num_devices = _get(config, "num_devices")
+    num_devices, batch, init = (_get(config, k) for k in ("num_devices", "batch_size", "init"))
     if "config.num_devices" not in bad and _is_int(num_devices) and num_devices > device_count:
         out.append(f"config.num_devices is {num_devices} (only {device_count} devices are available; 0: all)")
-    batch = _get(config, "batch_size")
     n = num_devices if _is_int(num_devices) and 0 < num_devices <= device_count else device_count
     if "config.batch_size" not in bad and _is_int(batch) and batch % n:
         out.append(f"config.batch_size is {batch} (must be divisible by the {n} devices of the data axis; "
                    "set config.num_devices to use fewer)")
-    init = _get(config, "init")
-    if "config.init" not in bad and isinstance(init, str) and init and not os.path.isdir(
-            os.path.join(init, "checkpoints")):
+    if ("config.init" not in bad and isinstance(init, str) and init
+            and not os.path.isdir(os.path.join(init, "checkpoints"))):
         out.append(f"config.init is {init!r} (no checkpoints/ folder there: it must be the workdir of a run)")
     if task == "retrieval":
         primary, sets = _get(config, "eval_primary"), _get(config, "eval")
         if primary is not _ABSENT and sets is not _ABSENT and primary not in sets:
             out.append(f"config.eval_primary is {_fmt(primary)} (not one of the sets of config.eval: "
                        f"{sorted(sets)})")
-    if task == "classification":
-        method, path, dataset = (_get(config, k) for k in ("method", "prompts.path", "dataset.name"))
-        if method in PROMPTED_METHODS and path == "" and isinstance(dataset, str):
-            from aape_jax.data import toyworld as toyworld_data
+    method, path, dataset = (_get(config, k) for k in ("method", "prompts.path", "dataset.name"))
+    if task == "classification" and method in PROMPTED_METHODS and path == "" and isinstance(dataset, str):
+        from aape_jax.data import toyworld as toyworld_data
 
-            if dataset != "synthetic" and dataset not in toyworld_data.TASKS:
-                out.append(f"config.prompts.path is '' (method {method!r} needs a CuPL-format JSON of class "
-                           f"descriptions for dataset {dataset!r}; only 'synthetic' and the toy-world tasks "
-                           "generate their own)")
+        if dataset != "synthetic" and dataset not in toyworld_data.TASKS:
+            out.append(f"config.prompts.path is '' (method {method!r} needs a CuPL-format JSON of class "
+                       f"descriptions for dataset {dataset!r}; only 'synthetic' and the toy-world tasks "
+                       "generate their own)")
     return out
 
 
@@ -264,47 +248,28 @@ def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix[:-1], tree
 
 
-def _ignored(field: str) -> bool:
-    return any(field == f or field.startswith(f + ".") for f in IGNORED_ON_RESUME)
-
-
 def changed_fields(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """`(field, recorded, current)` of the fields that differ, outside `IGNORED_ON_RESUME`.
 
     Values are compared after a JSON round trip (as config.json stores them);
     a field on one side only is a change (`_ABSENT` on the other).
     """
-    old = dict(_leaves(json.loads(json.dumps(recorded))))
-    new = dict(_leaves(json.loads(json.dumps(current))))
+    old, new = (dict(_leaves(json.loads(json.dumps(c)))) for c in (recorded, current))
     out = []
-    for field in sorted(set(old) | set(new)):
+    for field in sorted(old.keys() | new.keys()):
         a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
-        if _ignored(field) or (a is not _ABSENT and b is not _ABSENT and a == b
-                               and isinstance(a, bool) == isinstance(b, bool)):  # 1 == 1.0, but not True
-            continue
-        out.append((field, a, b))
+        # 1 == 1.0 is no change, but True == 1 is
+        same = a is not _ABSENT and b is not _ABSENT and a == b and isinstance(a, bool) == isinstance(b, bool)
+        if not same and not any(field == f or field.startswith(f + ".") for f in IGNORED_ON_RESUME):
+            out.append((field, a, b))
     return out
 
 
-def _results_in(workdir: str) -> list[str]:
-    """What in `workdir` was made with its recorded config: "checkpoints" and/or "metrics"."""
-    found = []
-    ckpts = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts)):
-        found.append("checkpoints")
-    if os.path.isfile(os.path.join(workdir, METRICS_FILE)):
-        found.append("metrics")
-    return found
-
-
 def latest_checkpoint_step(workdir: str) -> int | None:
+    """The highest step under `workdir/checkpoints`; None when there is none."""
     ckpts = os.path.join(workdir, "checkpoints")
     steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
-    return max(steps) if steps else None
-
-
-def _jsonable(v: Any) -> Any:
-    return None if v is _ABSENT else v
+    return max(steps, default=None)
 
 
 def resume_record(config: Any, workdir: str, git: str) -> dict:
@@ -318,41 +283,38 @@ def resume_record(config: Any, workdir: str, git: str) -> dict:
     """
     current = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     record = {"config": current, "git": git, "history": []}
-    results = _results_in(workdir)
+    results = [name for name, made in (("checkpoints", latest_checkpoint_step(workdir) is not None),
+                                       ("metrics", os.path.isfile(os.path.join(workdir, METRICS_FILE)))) if made]
     if not results:
         return record  # nothing was made with an earlier config (or there was none)
-    path = os.path.join(workdir, CONFIG_FILE)
+    path, what = os.path.join(workdir, CONFIG_FILE), " and ".join(results)
+    changes: list[tuple[str, Any, Any]] = []
+    shown: list[str] = []  # one "config.FIELD: OLD -> NEW" per change
     try:
         with open(path, encoding="utf-8") as f:
             previous = json.load(f)
         if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
             raise ValueError("no 'config' object in it")
     except (OSError, ValueError) as e:
-        previous = None
-        unreadable = f"{path} is missing or unreadable ({type(e).__name__}: {e})"
-    what = " and ".join(results)
-    if previous is None:
-        changes: list[tuple[str, Any, Any]] = []
-        first = f"{workdir} holds {what}, but {unreadable}: cannot tell which config they were made with"
         previous = {}
+        first = (f"{workdir} holds {what}, but {path} is missing or unreadable ({type(e).__name__}: {e}): "
+                 "cannot tell which config they were made with")
     else:
         changes = changed_fields(previous["config"], current)
-        if not changes:
-            record["history"] = list(previous.get("history") or [])
-            return record
-        shown = "; ".join(f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes[:8])
+        shown = [f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes]
         more = f"; and {len(changes) - 8} more" if len(changes) > 8 else ""
-        first = f"{workdir} holds {what} made with a different config; changed: {shown}{more}"
-    if _get(config, "resume_with_changes") is not True:
-        details = "".join(f"\n  config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes)
-        raise ConfigDriftError(first + details, changes)
+        first = f"{workdir} holds {what} made with a different config; changed: {'; '.join(shown[:8])}{more}"
     record["history"] = list(previous.get("history") or [])
+    if previous and not changes:
+        return record
+    if _get(config, "resume_with_changes") is not True:
+        raise ConfigDriftError(first + "".join(f"\n  {line}" for line in shown), changes)
     record["history"].append({
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "resumed_from_step": latest_checkpoint_step(workdir),
         "previous_git": previous.get("git"), "git": git,
-        "changes": {f: [_jsonable(a), _jsonable(b)] for f, a, b in changes} if previous else None,
+        "changes": {f: [None if v is _ABSENT else v for v in (a, b)] for f, a, b in changes} if previous else None,
     })
     logging.warning("resuming %s with a changed config (config.resume_with_changes): %s", workdir,
-                    "; ".join(f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes) or "unrecorded")
+                    "; ".join(shown) or "unrecorded")
     return record

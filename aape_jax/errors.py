@@ -98,17 +98,12 @@ def no_space(e: BaseException) -> BaseException | None:
     (TensorStore and Orbax's background writers re-raise it as text).
     """
     chain = _chain(e)
-    for x in chain:
-        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
-            return x
-    for x in chain:
-        if any(t in str(x) for t in _NO_SPACE_TEXT):
-            return x
-    return None
+    return (next((x for x in chain if isinstance(x, OSError) and x.errno == errno.ENOSPC), None)
+            or next((x for x in chain if any(t in str(x) for t in _NO_SPACE_TEXT)), None))
 
 
 def _no_space_path(x: BaseException) -> str | None:
-    if isinstance(x, OSError) and (x.filename or getattr(x, "filename2", None)):
+    if isinstance(x, OSError) and (x.filename or x.filename2):
         return os.fspath(x.filename or x.filename2)
     m = _QUOTED_PATH.search(str(x))
     return m.group(1) if m else None
@@ -124,9 +119,8 @@ def describe(e: BaseException) -> tuple[str, str] | None:
     """(message, hint) for a user error or a full disk; None for anything else (a bug: show the traceback)."""
     full = no_space(e)
     if full is not None:
-        if isinstance(full, NoSpaceError):
-            return str(full), full.hint
-        return str(NoSpaceError(_no_space_path(full))), NoSpaceError.hint
+        full = full if isinstance(full, NoSpaceError) else NoSpaceError(_no_space_path(full))
+        return str(full), full.hint
     x: BaseException | None = e
     while x is not None:  # explicit causes only: an error raised while handling a user error is a bug
         if isinstance(x, UserError):
@@ -135,6 +129,17 @@ def describe(e: BaseException) -> tuple[str, str] | None:
     if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):
         return one_line(str(e)), "check the path"  # a path the user gave (the message names it)
     return None
+
+
+def _append(path: str | os.PathLike, text: str) -> bool:
+    """Appends `text` to `path`; False when it cannot be written."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return True
+    except OSError:
+        return False
 
 
 def report(e: BaseException, *, verbose: bool = False, log_file: str | os.PathLike | None = None,
@@ -155,17 +160,9 @@ def report(e: BaseException, *, verbose: bool = False, log_file: str | os.PathLi
     trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     if verbose:
         print(trace, file=stream, end="")
+    elif log_file is not None and no_space(e) is None and _append(log_file, trace):
+        print(f"  (the full traceback is in {os.fspath(log_file)}; or rerun with --verbose)", file=stream)
     else:
-        where = None
-        if log_file is not None and no_space(e) is None:
-            try:
-                os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-                with open(log_file, "a", encoding="utf-8") as f:
-                    f.write(trace)
-                where = os.fspath(log_file)
-            except OSError:
-                pass
-        print(f"  (the full traceback is in {where}; or rerun with --verbose)" if where
-              else "  (rerun with --verbose for the full traceback)", file=stream)
+        print("  (rerun with --verbose for the full traceback)", file=stream)
     stream.flush()
     return USER_ERROR_EXIT_CODE

@@ -49,7 +49,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from aape_jax import numerics
+from aape_jax import errors, numerics
 from aape_jax.methods import METHODS
 
 METRICS_FILE = "metrics.json"
@@ -65,11 +65,16 @@ METHOD_ORDER = tuple(METHODS)  # the methods table's order; unknown methods foll
 # Directories a run writes that never hold a run's metrics; not walked (a feature store can be large).
 _SKIP_DIRS = {"feature_store", "checkpoints", "tensorboard", "random_clip"}
 _SEED_DIR = re.compile(r"^seed(\d+)$")
+_LABELS = {"harmonic_mean": "H (%)", "base_acc": "Base accuracy (%)", "new_acc": "New accuracy (%)"}
 CSV_COLUMNS = ("method", "dataset", "seeds", "base_mean", "base_std", "new_mean", "new_std", "h_mean", "h_std")
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ------------------------------------------------------------------ collecting
@@ -88,8 +93,8 @@ class RunMetrics:
 
 def _path_identity(run_dir: str) -> tuple[str | None, str | None, int | None]:
     """(method, dataset, seed) from a `.../<method>/<dataset>/seed<S>` directory, None where absent."""
-    parts = os.path.normpath(os.path.abspath(run_dir)).split(os.sep)
-    match = _SEED_DIR.match(parts[-1]) if parts else None
+    parts = os.path.abspath(run_dir).split(os.sep)
+    match = _SEED_DIR.match(parts[-1])
     if not match or len(parts) < 3:
         return None, None, None
     return parts[-3], parts[-2], int(match.group(1))
@@ -112,9 +117,8 @@ def read_run(metrics_path: str) -> RunMetrics:
     if missing:
         raise ValueError(f"partial: missing {', '.join(missing)}")
     for key in REQUIRED_KEYS:
-        value = metrics[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{key} is {value!r}, not a finite number")
+        if not _is_number(metrics[key]):
+            raise ValueError(f"{key} is {metrics[key]!r}, not a finite number")
 
     run_dir = os.path.dirname(metrics_path)
     p_method, p_dataset, p_seed = _path_identity(run_dir)
@@ -123,8 +127,7 @@ def read_run(metrics_path: str) -> RunMetrics:
     if os.path.isfile(config_path):
         try:
             loaded = _read_json(config_path)
-            config = loaded.get("config", {}) if isinstance(loaded, dict) else {}
-            config = config if isinstance(config, dict) else {}
+            config = loaded["config"] if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) else {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             warn(f"{config_path}: unreadable ({e}); method/dataset/seed taken from the path")
     method = config.get("method") or p_method or "aape"
@@ -142,7 +145,7 @@ def collect(runs_dir: str) -> list[RunMetrics]:
         raise FileNotFoundError(f"runs directory {runs_dir!r} does not exist")
     paths = []
     for root, dirs, files in os.walk(runs_dir):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]  # pruned in place: os.walk skips them
         if METRICS_FILE in files:
             paths.append(os.path.join(root, METRICS_FILE))
     runs: dict[tuple[str, str, int], RunMetrics] = {}
@@ -203,20 +206,10 @@ def aggregate(runs: Sequence[RunMetrics]) -> Table:
             if not group:
                 missing.setdefault(method, []).append(dataset)
                 continue
-            stats = {k: numerics.mean_std([r.metrics[k] for r in group]) for k in REQUIRED_KEYS}
-            numeric = set.intersection(*(
-                {k for k, v in r.metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-                for r in group))
-            extra = {k: numerics.mean_std([r.metrics[k] for r in group])
-                     for k in sorted(numeric - set(REQUIRED_KEYS))}
-            cells[(method, dataset)] = Cell(
-                seeds=tuple(r.seed for r in group),
-                base_mean=stats["base_acc"][0], base_std=stats["base_acc"][1],
-                new_mean=stats["new_acc"][0], new_std=stats["new_acc"][1],
-                h_mean=stats["harmonic_mean"][0], h_std=stats["harmonic_mean"][1],
-                extra=extra,
-            )
+            numeric = set.intersection(*({k for k, v in r.metrics.items() if _is_number(v)} for r in group))
+            keys = [*REQUIRED_KEYS, *sorted(numeric - set(REQUIRED_KEYS))]
+            b, n, h, *extra = [numerics.mean_std([r.metrics[k] for r in group]) for k in keys]  # (mean, std) each
+            cells[(method, dataset)] = Cell(tuple(r.seed for r in group), *b, *n, *h, dict(zip(keys[3:], extra)))
         present = [cells[(method, d)] for d in datasets if (method, d) in cells]
         base = float(np.mean([c.base_mean for c in present]))
         new = float(np.mean([c.new_mean for c in present]))
@@ -231,6 +224,12 @@ def _fmt(mean: float, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def _main_stats(cell: Cell) -> dict[str, tuple[float, float | None]]:
+    """`REQUIRED_KEYS` (Base, New, H, in that order) -> (mean, std)."""
+    return dict(zip(REQUIRED_KEYS, [(cell.base_mean, cell.base_std), (cell.new_mean, cell.new_std),
+                                    (cell.h_mean, cell.h_std)]))
+
+
 def to_markdown(table: Table) -> str:
     header = ["Dataset"] + [f"{m} {col}" for m in table.methods for col in ("Base", "New", "H")]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
@@ -242,8 +241,7 @@ def to_markdown(table: Table) -> str:
                 row += ["–"] * 3
                 continue
             star = "*" if dataset == AVERAGE and method in table.missing else ""
-            row += [_fmt(cell.base_mean, cell.base_std) + star, _fmt(cell.new_mean, cell.new_std) + star,
-                    _fmt(cell.h_mean, cell.h_std) + star]
+            row += [_fmt(mean, std) + star for mean, std in _main_stats(cell).values()]
         lines.append("| " + " | ".join(row) + " |")
     notes = [
         "",
@@ -274,12 +272,10 @@ def to_csv_rows(table: Table) -> list[dict[str, str]]:
             cell = table.cells.get((method, dataset))
             if cell is None:
                 continue
-            rows.append({
-                "method": method, "dataset": dataset, "seeds": ";".join(map(str, cell.seeds)),
-                "base_mean": _csv_num(cell.base_mean), "base_std": _csv_num(cell.base_std),
-                "new_mean": _csv_num(cell.new_mean), "new_std": _csv_num(cell.new_std),
-                "h_mean": _csv_num(cell.h_mean), "h_std": _csv_num(cell.h_std),
-            })
+            row = {"method": method, "dataset": dataset, "seeds": ";".join(map(str, cell.seeds))}
+            for name, (mean, std) in zip(("base", "new", "h"), _main_stats(cell).values()):
+                row[f"{name}_mean"], row[f"{name}_std"] = _csv_num(mean), _csv_num(std)
+            rows.append(row)
     return rows
 
 
@@ -290,13 +286,13 @@ def write_csv(table: Table, path: str) -> None:
         writer.writerows(to_csv_rows(table))
 
 
-def _metric_stats(cell: Cell, metric: str) -> tuple[float, float] | None:
-    known = {"harmonic_mean": (cell.h_mean, cell.h_std), "base_acc": (cell.base_mean, cell.base_std),
-             "new_acc": (cell.new_mean, cell.new_std)}
-    if metric in known:
-        mean, std = known[metric]
-        return mean, (np.nan if std is None else std)  # no error bar on the Average row
-    return cell.extra.get(metric)
+def _metric_stats(cell: Cell | None, metric: str) -> tuple[float, float] | None:
+    if cell is None:
+        return None
+    if metric not in REQUIRED_KEYS:
+        return cell.extra.get(metric)
+    mean, std = _main_stats(cell)[metric]
+    return mean, (np.nan if std is None else std)  # no error bar on the Average row
 
 
 def plot(table: Table, path: str, metric: str = "harmonic_mean") -> bool:
@@ -309,25 +305,21 @@ def plot(table: Table, path: str, metric: str = "harmonic_mean") -> bool:
     except ImportError:
         warn(f"matplotlib is not installed (pip install matplotlib); {path} not written")
         return False
-    groups = [*table.datasets, AVERAGE] if metric in ("harmonic_mean", "base_acc", "new_acc") else table.datasets
+    groups = [*table.datasets, AVERAGE] if metric in REQUIRED_KEYS else table.datasets
     x = np.arange(len(groups))
     width = 0.8 / max(1, len(table.methods))
     fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 1.5 + 0.18 * len(groups) * len(table.methods))), 5.0))
     for i, method in enumerate(table.methods):
-        stats = [(_metric_stats(table.cells[(method, d)], metric) if (method, d) in table.cells else None)
-                 for d in groups]
-        means = [s[0] if s else np.nan for s in stats]
-        stds = [s[1] if s else np.nan for s in stats]
+        means, stds = zip(*(_metric_stats(table.cells.get((method, d)), metric) or (np.nan, np.nan) for d in groups))
         ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=stds, capsize=2, label=method)
-    label = {"harmonic_mean": "H (%)", "base_acc": "Base accuracy (%)", "new_acc": "New accuracy (%)"}.get(metric,
-                                                                                                        metric)
+    label = _LABELS.get(metric, metric)
     ax.set_ylabel(label)
     ax.set_title(f"{label} per dataset, mean ± std over seeds"
                  + (" (Average: H of averaged Base/New)" if metric == "harmonic_mean" else ""))
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    if metric in ("harmonic_mean", "base_acc", "new_acc"):
+    if metric in REQUIRED_KEYS:
         ax.set_ylim(0, 100)
     ax.legend(fontsize="small", ncol=min(7, len(table.methods)), loc="upper center", bbox_to_anchor=(0.5, -0.22),
               frameon=False)
@@ -349,8 +341,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(parser, args)
     except Exception as e:  # a user error or a full disk: one line, exit 2 (parser.exit's SystemExit passes)
-        from aape_jax import errors
-
         code = errors.report(e, verbose=args.verbose, prog="error")
         if code is None:
             raise
@@ -366,8 +356,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.exit(2, f"error: no usable {METRICS_FILE} under {args.runs_dir!r} (expected "
                        f"RUNS/<method>/<dataset>/seed<S>/{METRICS_FILE} with {', '.join(REQUIRED_KEYS)})\n")
     table = aggregate(runs)
-    if args.metric not in ("harmonic_mean", "base_acc", "new_acc") and not any(
-            args.metric in c.extra for c in table.cells.values()):
+    if args.metric not in REQUIRED_KEYS and not any(args.metric in c.extra for c in table.cells.values()):
         parser.exit(2, f"error: metric {args.metric!r} is not a numeric field of the metrics files\n")
     out = args.out or args.runs_dir
     markdown = to_markdown(table)
@@ -379,8 +368,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         png = os.path.join(out, "h_per_dataset.png")
         plotted = plot(table, png, args.metric)
     except OSError as e:
-        from aape_jax import errors
-
         if errors.no_space(e) is not None:
             raise errors.NoSpaceError(e.filename or out) from e
         raise errors.UserError(f"cannot write the results into {out}: {e.strerror or e}",
