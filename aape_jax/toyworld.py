@@ -22,6 +22,7 @@ repository (where the project's development data lives).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -129,26 +130,36 @@ def pretrained_clip(tokenizer_dir: str | None = None, force: bool = False) -> st
     """The cached toy-world CLIP's directory, pretraining it first when this machine has none.
 
     A crash mid-pretraining leaves only a temporary directory: the cache entry
-    appears (by rename) complete or not at all.
+    appears (by rename) complete or not at all. Processes of one machine asking
+    at once (parallel tests, several hosts' worth of processes) pretrain once:
+    the others wait on a lock file beside the entry, then read it.
     """
     tokenizer_dir = tokenizer_dir or default_tokenizer_dir()
     target = cached_checkpoint_dir(tokenizer_dir)
     if (target / SUMMARY_FILE).is_file() and not force:
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build_checkpoint(tmp, tokenizer_dir)
-        os.chmod(tmp, 0o755)
-        if force and target.exists():
-            shutil.rmtree(target)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / SUMMARY_FILE).is_file():  # not another process's complete entry
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process pretraining the toy-world CLIP into {target}", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (target / SUMMARY_FILE).is_file():  # that process's entry (even when forced: it is fresh)
+                return str(target)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build_checkpoint(tmp, tokenizer_dir)
+            os.chmod(tmp, 0o755)
+            if force and target.exists():
+                shutil.rmtree(target)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / SUMMARY_FILE).is_file():  # not a complete entry of another machine's process
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
 
 

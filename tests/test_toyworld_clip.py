@@ -1,10 +1,13 @@
 """The toy world's pretrained CLIP: a real HF checkpoint, far above chance zero-shot, also on plain drawings."""
 
+import concurrent.futures
 import dataclasses
 import json
 import math
+import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import PIL.Image
@@ -119,6 +122,32 @@ def test_fingerprint_follows_what_determines_the_checkpoint(shared_data, tmp_pat
     assert toyworld.fingerprint(str(other)) != base
     monkeypatch.setenv("AAPE_CACHE_DIR", str(tmp_path / "cache"))
     assert str(toyworld.cached_checkpoint_dir(real)).startswith(str(tmp_path / "cache"))
+
+
+def test_processes_asking_at_once_pretrain_once(shared_data, tmp_path, monkeypatch):
+    # Parallel test workers (or a host's several processes) on a cold machine: one builds, the others wait
+    # for its entry instead of pretraining again; a crashed build leaves no entry.
+    monkeypatch.setenv("AAPE_CACHE_DIR", str(tmp_path / "cache"))
+    builds = []
+
+    def build(directory, tokenizer_dir):
+        builds.append(directory)
+        time.sleep(0.5)  # the others arrive while this one holds the lock
+        (directory / toyworld.SUMMARY_FILE).write_text("{}")
+
+    monkeypatch.setattr(toyworld, "build_checkpoint", build)
+    tokenizer = str(shared_data / "clip_tokenizer")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: toyworld.pretrained_clip(tokenizer), range(3)))
+    assert len(builds) == 1 and len(set(paths)) == 1
+    assert pathlib.Path(paths[0], toyworld.SUMMARY_FILE).is_file()
+
+    monkeypatch.setattr(toyworld, "build_checkpoint", lambda directory, tokenizer_dir: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        toyworld.pretrained_clip(tokenizer, force=True)
+    assert pathlib.Path(paths[0], toyworld.SUMMARY_FILE).is_file()  # the old entry stays until one is built
+    assert sorted(p.name for p in (tmp_path / "cache" / "toyworld_clip").iterdir()) == sorted(
+        [pathlib.Path(paths[0]).name, f".{pathlib.Path(paths[0]).name}.lock"])
 
 
 def test_missing_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
