@@ -15,6 +15,11 @@ import pytest
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): the CPUs this process may run on, not the host's (psutil's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """Path to ../shared/data; skips (with the reason) where it is absent."""
