@@ -85,17 +85,14 @@ class Attention(nn.Module):
         k = split(dense("k_proj")(x))
         v = split(dense("v_proj")(x))
         if cache is None:
-            out = self._attend(q, k, v)
+            # jax.nn.dot_product_attention keeps logits and softmax in fp32 whatever the
+            # compute dtype (bf16 softmax loses CLIP parity), and on CPU it ran the image
+            # tower's attention about 2x faster than the same einsums written out here.
+            out = jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=self.causal)  # [B, L, H, Dh]
         else:
             out = self._attend_after_prefix(q, k, v, cache)
         y = dense("out_proj")(out.reshape(*x.shape[:-1], width))
         return (y, (k, v)) if return_kv else y
-
-    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        # jax.nn.dot_product_attention keeps logits and softmax in fp32 whatever the
-        # compute dtype (bf16 softmax loses CLIP parity), and on CPU it ran the image
-        # tower's attention about 2x faster than the same einsums written out here.
-        return jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=self.causal)  # [B, L, H, Dh]
 
     def _attend_after_prefix(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: PrefixKV) -> jax.Array:
         if not self.causal:
@@ -196,12 +193,7 @@ class Encoder(nn.Module):
         kvs = []
         for i in range(self.num_layers):
             layer = block(
-                self.num_heads,
-                self.intermediate_size,
-                self.hidden_act,
-                self.layer_norm_eps,
-                self.causal,
-                self.dtype,
+                self.num_heads, self.intermediate_size, self.hidden_act, self.layer_norm_eps, self.causal, self.dtype,
                 name=f"layers_{i}",
             )
             out = layer(x, None if caches is None else caches[i], return_kv)
@@ -223,15 +215,9 @@ class TextEmbeddings(nn.Module):
         self.token_embedding = nn.Embed(self.config.vocab_size, self.config.hidden_size)
         self.position_embedding = nn.Embed(self.config.context_length, self.config.hidden_size)
 
-    def embed_tokens(self, ids: jax.Array) -> jax.Array:
-        return self.token_embedding(ids)  # [N, L, W]
-
     def add_positions(self, x: jax.Array) -> jax.Array:
         # Positions 0..L-1 only: L may be shorter than the context (trimmed prompts).
         return x + self.position_embedding.embedding[: x.shape[-2]].astype(x.dtype)
-
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        return self.add_positions(self.embed_tokens(ids))
 
 
 class TextTransformer(nn.Module):
@@ -257,7 +243,7 @@ class TextTransformer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype)
 
     def embed_tokens(self, ids: jax.Array) -> jax.Array:
-        return self.embeddings.embed_tokens(ids)
+        return self.embeddings.token_embedding(ids)  # [N, L, W]
 
     def encode_embeddings(self, x: jax.Array, eot_pos: jax.Array) -> jax.Array:
         """Token embeddings [N, L, W] and EOT positions [N] -> pooled [N, W]."""
@@ -354,8 +340,7 @@ class CLIP(nn.Module):
 
     Call through `apply(..., method=...)` with one of `encode_image`,
     `encode_text`, `embed_tokens`, `encode_text_embeddings`, `encode_text_prefix`,
-    `encode_text_after_prefix`; `__call__` runs all
-    (used to initialise every parameter at once).
+    `encode_text_after_prefix`; `__call__` runs all (used to initialise every parameter at once).
 
     Attributes:
       config: the checkpoint's geometry.
@@ -376,9 +361,7 @@ class CLIP(nn.Module):
         self.vision_model = VisionTransformer(c.vision, self.dtype)
         self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
         self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
-        self.logit_scale = self.param(
-            "logit_scale", nn.initializers.constant(c.logit_scale_init), ()
-        )
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init), ())
 
     def encode_image(self, pixels: jax.Array) -> jax.Array:
         """NHWC normalised pixels [N, R, R, 3] -> projected image features [N, D] (not normalised)."""

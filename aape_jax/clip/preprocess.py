@@ -24,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,18 +85,13 @@ class ImageTransform:
             )
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need 3 entries (RGB), got {self.mean}, {self.std}")
-        if any(float(s) <= 0 for s in self.std):
+        if any(s <= 0 for s in self.std):
             raise ValueError(f"std entries must be positive, got {self.std}")
 
     @classmethod
     def openai(cls, image_size: int) -> ImageTransform:
         """OpenAI CLIP's transform: resize shorter side to ``image_size``, crop it square."""
-        return cls(
-            resize=int(image_size),
-            crop_size=int(image_size),
-            mean=OPENAI_CLIP_MEAN,
-            std=OPENAI_CLIP_STD,
-        )
+        return cls(resize=int(image_size), crop_size=int(image_size), mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 
     @classmethod
     def from_preprocessor_config(
@@ -224,9 +219,7 @@ def load_image(image: ImageLike) -> PIL.Image.Image:
         return _array_to_rgb(image)
     if isinstance(image, (str, os.PathLike)):
         return _open_rgb(image)
-    raise TypeError(
-        f"expected a path, PIL.Image.Image or np.ndarray image, got {type(image).__name__}"
-    )
+    raise TypeError(f"expected a path, PIL.Image.Image or np.ndarray image, got {type(image).__name__}")
 
 
 def _open_rgb(path: str | os.PathLike) -> PIL.Image.Image:
@@ -309,14 +302,26 @@ def _normalize_lut(transform: ImageTransform) -> np.ndarray:
     return (v[None, :] - mean) / std
 
 
-def _apply_lut(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
-    """uint8 [H, W, 3] -> float32 [H, W, 3] written into ``out`` via lut [3, 256].
+def _normalized_batch(
+    images: Sequence[ImageLike] | ImageLike,
+    transform: ImageTransform,
+    crop: Callable[[PIL.Image.Image], np.ndarray],
+) -> np.ndarray:
+    """float32 [N, crop_size, crop_size, 3]: each image loaded, cut by ``crop`` to uint8
+    [crop_size, crop_size, 3], then normalised through the lut [3, 256].
 
     One 1-D lookup per channel: ~2x faster than float64 rescale arithmetic and
     ~3x faster than a single 2-D fancy index, while staying bit-identical to HF.
     """
-    for c in range(3):
-        out[..., c] = lut[c][pixels[..., c]]
+    items = _as_list(images)
+    c = transform.crop_size
+    lut = _normalize_lut(transform)
+    out = np.empty((len(items), c, c, 3), dtype=np.float32)
+    for n, item in enumerate(items):
+        pixels = crop(load_image(item))
+        for ch in range(3):
+            out[n, ..., ch] = lut[ch][pixels[..., ch]]
+    return out
 
 
 def _shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -345,9 +350,7 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
         padded = np.zeros((nh, nw, a.shape[2]), dtype=a.dtype)
         top_pad, left_pad = math.ceil((nh - h) / 2), math.ceil((nw - w) / 2)
         padded[top_pad : top_pad + h, left_pad : left_pad + w] = a
-        top = (h - size) // 2 + top_pad
-        left = (w - size) // 2 + left_pad
-        return padded[max(0, top) : top + size, max(0, left) : left + size]
+        a, h, w = padded, nh, nw
     top, left = (h - size) // 2, (w - size) // 2
     return a[top : top + size, left : left + size]
 
@@ -355,9 +358,7 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Public transforms
 # --------------------------------------------------------------------------- #
-def eval_transform(
-    images: Sequence[ImageLike] | ImageLike, transform: ImageTransform
-) -> np.ndarray:
+def eval_transform(images: Sequence[ImageLike] | ImageLike, transform: ImageTransform) -> np.ndarray:
     """CLIP's deterministic test-time preprocessing.
 
     Args:
@@ -367,16 +368,13 @@ def eval_transform(
     Returns:
       float32 [N, crop_size, crop_size, 3] (N = 1 for a single image).
     """
-    items = _as_list(images)
-    c = transform.crop_size
-    lut = _normalize_lut(transform)
-    out = np.empty((len(items), c, c, 3), dtype=np.float32)
-    for n, item in enumerate(items):
-        im = load_image(item)
+
+    def crop(im: PIL.Image.Image) -> np.ndarray:
         new_size = _shortest_side_size(im.width, im.height, transform.resize)
         im = im.resize(new_size, resample=PIL.Image.Resampling.BICUBIC)
-        _apply_lut(_center_crop(np.asarray(im), c), lut, out[n])
-    return out
+        return _center_crop(np.asarray(im), transform.crop_size)
+
+    return _normalized_batch(images, transform, crop)
 
 
 def random_resized_crop_params(
@@ -446,21 +444,15 @@ def train_augment(
         raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {ratio}")
     if not (0 <= scale[0] <= scale[1]):
         raise ValueError(f"scale must be (lo, hi) with 0 <= lo <= hi, got {scale}")
-    items = _as_list(images)
-    c = transform.crop_size
-    lut = _normalize_lut(transform)
-    out = np.empty((len(items), c, c, 3), dtype=np.float32)
-    for n, item in enumerate(items):
-        im = load_image(item)
+
+    def crop(im: PIL.Image.Image) -> np.ndarray:
         top, left, h, w = random_resized_crop_params(im.height, im.width, rng, scale, ratio)
+        c = transform.crop_size
         # Crop first, then resize (not resize(box=...)): that is what torchvision's
         # resized_crop does, and PIL's box resize would pull filter support from
         # outside the crop at its borders.
-        im = im.crop((left, top, left + w, top + h)).resize(
-            (c, c), resample=PIL.Image.Resampling.BICUBIC
-        )
+        im = im.crop((left, top, left + w, top + h)).resize((c, c), resample=PIL.Image.Resampling.BICUBIC)
         pixels = np.asarray(im)
-        if rng.random() < 0.5:
-            pixels = pixels[:, ::-1]
-        _apply_lut(pixels, lut, out[n])
-    return out
+        return pixels[:, ::-1] if rng.random() < 0.5 else pixels
+
+    return _normalized_batch(images, transform, crop)

@@ -142,7 +142,8 @@ def write_checkpoint(
         texts = [_DEFAULT_CORPUS, *corpus] * 8 + [filler]
         write_byte_level_vocab(directory, texts, config.text.vocab_size)
 
-    save_file(weights.to_state_dict(random_params(config, seed) if params is None else params), os.path.join(directory, weights.SAFETENSORS))
+    params = random_params(config, seed) if params is None else params
+    save_file(weights.to_state_dict(params), os.path.join(directory, weights.SAFETENSORS))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:

@@ -23,7 +23,7 @@ import html
 import json
 import os
 import pathlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import ftfy
@@ -83,7 +83,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 # `str.translate` table mapping a latin-1 decoded byte string to the byte symbols, which
 # is much faster than a per-byte dict lookup in a generator.
-_BYTE_TRANSLATION = {b: c for b, c in bytes_to_unicode().items()}
+_BYTE_TRANSLATION = bytes_to_unicode()
 
 
 def _byte_encode(word: str) -> str:
@@ -156,12 +156,7 @@ class Tokenizer:
 
     pad_id: int = 0
 
-    def __init__(
-        self,
-        vocab: dict[str, int],
-        merges: list[tuple[str, str]],
-        context_length: int,
-    ) -> None:
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int) -> None:
         """Builds the tokenizer and checks that `vocab` and `merges` fit together.
 
         Args:
@@ -205,18 +200,10 @@ class Tokenizer:
         # Keyed on the raw (cleaned) pre-token; the specials map to their own ids because
         # OpenAI's BPE cache is seeded with them, so a literal "<|endoftext|>" in a text
         # becomes the EOT id rather than being split.
-        self._cache: dict[str, tuple[int, ...]] = {
-            SOT_TOKEN: (self.sot_id,),
-            EOT_TOKEN: (self.eot_id,),
-        }
+        self._cache: dict[str, tuple[int, ...]] = {SOT_TOKEN: (self.sot_id,), EOT_TOKEN: (self.eot_id,)}
 
     @classmethod
-    def from_dir(
-        cls,
-        path: str | os.PathLike[str],
-        context_length: int,
-        vocab_size: int | None = None,
-    ) -> Tokenizer:
+    def from_dir(cls, path: str | os.PathLike[str], context_length: int, vocab_size: int | None = None) -> Tokenizer:
         """Loads `path/vocab.json` and `path/merges.txt` (Hugging Face CLIP format).
 
         Args:
@@ -242,10 +229,7 @@ class Tokenizer:
 
         vocab = _read_vocab(vocab_path)
         if vocab_size is not None and len(vocab) != vocab_size:
-            raise ValueError(
-                f"{vocab_path} has {len(vocab)} entries but the model expects "
-                f"vocab_size={vocab_size}"
-            )
+            raise ValueError(f"{vocab_path} has {len(vocab)} entries but the model expects vocab_size={vocab_size}")
         merges = _read_merges(merges_path)
         try:
             return cls(vocab, merges, context_length)
@@ -263,10 +247,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of `text` after OpenAI's cleaning, without SOT/EOT and without truncation."""
-        ids: list[int] = []
-        for word in pre_tokenize(text):
-            ids.extend(self._encode_word(word))
-        return ids
+        return [i for word in pre_tokenize(text) for i in self._encode_word(word)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Approximate inverse of `encode` (lower-cased, cleaned, words space-separated).
@@ -343,9 +324,7 @@ def _read_merges(path: pathlib.Path) -> list[tuple[str, str]]:
     # Both OpenAI and transformers drop the first line unconditionally; requiring it to be
     # the header stops a header-less file from silently losing its best merge.
     if not lines[0].startswith("#version"):
-        raise ValueError(
-            f"malformed {path}: first line must be a '#version' header, got {lines[0]!r}"
-        )
+        raise ValueError(f"malformed {path}: first line must be a '#version' header, got {lines[0]!r}")
     while lines and not lines[-1].strip():
         lines.pop()
     merges: list[tuple[str, str]] = []
@@ -360,16 +339,7 @@ def _read_merges(path: pathlib.Path) -> list[tuple[str, str]]:
     return merges
 
 
-def _iter_words(corpus: Iterable[str]) -> Iterator[str]:
-    for text in corpus:
-        for word in pre_tokenize(text):
-            if word not in (SOT_TOKEN, EOT_TOKEN):
-                yield word
-
-
-def _learn_merges(
-    word_counts: dict[tuple[str, ...], int], num_merges: int
-) -> list[tuple[str, str]]:
+def _learn_merges(word_counts: dict[tuple[str, ...], int], num_merges: int) -> list[tuple[str, str]]:
     """Greedy BPE training: repeatedly merges the most frequent adjacent pair.
 
     Pair counts are updated incrementally (only the words containing the merged pair are
@@ -432,9 +402,7 @@ def _learn_merges(
     return merges
 
 
-def write_byte_level_vocab(
-    directory: str | os.PathLike[str], corpus: Iterable[str], vocab_size: int
-) -> None:
+def write_byte_level_vocab(directory: str | os.PathLike[str], corpus: Iterable[str], vocab_size: int) -> None:
     """Learns a CLIP-style byte-level BPE vocabulary on `corpus` and writes it to `directory`.
 
     The texts are cleaned and pre-tokenised exactly as `Tokenizer` does, then merges are
@@ -450,13 +418,11 @@ def write_byte_level_vocab(
     """
     base = 2 * 256 + 2
     if vocab_size < base:
-        raise ValueError(
-            f"vocab_size must be >= {base} (512 byte symbols + 2 specials), got {vocab_size}"
-        )
+        raise ValueError(f"vocab_size must be >= {base} (512 byte symbols + 2 specials), got {vocab_size}")
     num_merges = vocab_size - base
 
-    word_counts: collections.Counter[tuple[str, ...]] = collections.Counter(
-        _word_symbols(_byte_encode(w)) for w in _iter_words(corpus)
+    word_counts = collections.Counter(
+        _word_symbols(_byte_encode(w)) for text in corpus for w in pre_tokenize(text) if w not in (SOT_TOKEN, EOT_TOKEN)
     )
     merges = _learn_merges(dict(word_counts), num_merges)
     if len(merges) < num_merges:

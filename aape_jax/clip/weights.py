@@ -31,8 +31,6 @@ _BUFFERS = re.compile(r"^(text|vision)_model\.embeddings\.position_ids$")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 _LAYER_NORMS = {"layer_norm1", "layer_norm2", "final_layer_norm", "pre_layrnorm", "post_layernorm"}
 
-FlatParams = dict[tuple[str, ...], np.ndarray]
-
 
 def _to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     """One checkpoint tensor -> (Flax parameter path, value in Flax layout)."""
@@ -85,7 +83,7 @@ def convert(state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "
         unfilled (by their checkpoint names) and every shape mismatch.
     """
     expected = expected_shapes(config)
-    flat: FlatParams = {}
+    flat: dict[tuple[str, ...], np.ndarray] = {}
     unused, mismatched = [], []
     seen: set[tuple[str, ...]] = set()  # paths with a checkpoint tensor, matching or not
     for key, value in state.items():
@@ -101,18 +99,15 @@ def convert(state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {tuple(want)}")
         else:
             flat[path] = np.asarray(converted, dtype=np.float32)
-    missing = [_hf_key(p) for p in expected if p not in flat and p not in seen]
-    problems = []
-    if mismatched:
-        problems.append("shape mismatches:\n  " + "\n  ".join(mismatched))
-    if unused:
-        problems.append("checkpoint tensors the model does not use:\n  " + "\n  ".join(sorted(unused)))
-    if missing:
-        problems.append("model parameters the checkpoint does not fill:\n  " + "\n  ".join(sorted(missing)))
+    missing = [_hf_key(p) for p in expected if p not in seen]
+    sections = (
+        ("shape mismatches", mismatched),
+        ("checkpoint tensors the model does not use", sorted(unused)),
+        ("model parameters the checkpoint does not fill", sorted(missing)),
+    )
+    problems = [f"{title}:\n  " + "\n  ".join(keys) for title, keys in sections if keys]
     if problems:
-        raise ValueError(
-            f"{source} does not match the CLIP geometry of its config.json:\n" + "\n".join(problems)
-        )
+        raise ValueError(f"{source} does not match the CLIP geometry of its config.json:\n" + "\n".join(problems))
     return flax.traverse_util.unflatten_dict(flat)
 
 
