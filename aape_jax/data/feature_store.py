@@ -221,26 +221,19 @@ class FeatureStore:
             # np.load raises all of these for truncated / garbled zips.
             return _unusable(path, f"cannot read it ({type(e).__name__}: {e})")
         if set(checksums) != set(arrays):
-            return _unusable(
-                path, f"arrays {sorted(arrays)} do not match checksummed {sorted(checksums)}"
-            )
+            return _unusable(path, f"arrays {sorted(arrays)} do not match checksummed {sorted(checksums)}")
         for name, a in arrays.items():
             if _array_digest(a) != checksums[name]:
                 return _unusable(path, f"array {name!r} fails its sha256 checksum (corrupt)")
         return arrays
 
-    def save(
-        self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
-    ) -> pathlib.Path:
+    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
         """Writes the entry atomically and returns its path."""
         path = self.path(kind, key)
         arrays = _check_arrays(arrays, path)
-        payload: dict[str, np.ndarray] = dict(arrays)
-        payload[_KEY] = np.array(_canonical_json(key))
-        payload[_CHECKSUMS] = np.array(
-            json.dumps({n: _array_digest(a) for n, a in arrays.items()}, sort_keys=True)
-        )
-        payload[_COMPLETE] = np.array(True)
+        checksums = json.dumps({n: _array_digest(a) for n, a in arrays.items()}, sort_keys=True)
+        payload = {**arrays, _KEY: np.array(_canonical_json(key)), _CHECKSUMS: np.array(checksums),
+                   _COMPLETE: np.array(True)}
         with atomic.atomic_open(path, "wb") as f:
             np.savez(f, **payload)
         _fsync_dir(path.parent)
@@ -331,9 +324,7 @@ class FeatureStore:
             _ACTIVE_CHUNKS.reset(token)
 
     def _remove_partial(self, kind: str, key: Mapping[str, Any]) -> None:
-        directory = self.partial_dir(kind, key)
-        if directory.is_dir():
-            shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(self.partial_dir(kind, key), ignore_errors=True)
 
     def _load_written_by_main(self, kind: str, key: Mapping[str, Any]) -> dict[str, np.ndarray]:
         found = self.load(kind, key)
@@ -360,7 +351,6 @@ def _check_arrays(arrays: Mapping[str, Any], path: pathlib.Path) -> dict[str, np
 
 def _unusable(path: pathlib.Path, why: str) -> None:
     logging.warning("feature store: ignoring %s: %s; it will be recomputed", path, why)
-    return None
 
 
 def _short(s: str, n: int = 200) -> str:
@@ -461,10 +451,9 @@ def extract_image_features(
 
     The progress bar advances after every `encode` call (one batch). Called
     inside `FeatureStore.get_or_compute` / `get_or_compute_sharded` (as
-    training does), finished batches are saved as chunks of that entry every
-    `CHUNK_IMAGES` images or `CHUNK_SECONDS` seconds and when the loop stops
-    on an error or Ctrl-C; a rerun reuses them and encodes only the rest, with
-    the same batches, so its output is bit-identical to an uninterrupted run.
+    training does), it resumes from that entry's saved chunks (module
+    docstring) and also saves its finished batches when the loop stops on an
+    error or Ctrl-C.
 
     Args:
       encode: float32 NHWC pixel batch [n, H, W, 3] -> features [n, D]
@@ -514,9 +503,7 @@ def extract_image_features(
         if out is None:
             out = np.empty((len(selected), views, feats.shape[1]), dtype=np.float32)
         elif feats.shape[1] != out.shape[2]:
-            raise ValueError(
-                f"encode returned width {feats.shape[1]} after {out.shape[2]} in earlier batches"
-            )
+            raise ValueError(f"encode returned width {feats.shape[1]} after {out.shape[2]} in earlier batches")
         example_rows, cols = zip(*jobs[start : start + len(feats)])
         out[[i - selected.start for i in example_rows], list(cols)] = feats
 
@@ -547,21 +534,13 @@ def extract_image_features(
                     continue
                 chunk = jobs[start : start + batch_size]
                 if augment:
-                    pixels = np.concatenate(
-                        [
-                            train_augment(
-                                examples[i].image, transform, np.random.default_rng([seed, v, i])
-                            )
-                            for i, v in chunk
-                        ]
-                    )
+                    pixels = np.concatenate([train_augment(examples[i].image, transform,
+                                                           np.random.default_rng([seed, v, i])) for i, v in chunk])
                 else:
                     pixels = eval_transform([examples[i].image for i, _ in chunk], transform)
                 feats = np.asarray(encode(pixels), dtype=np.float32)
                 if feats.ndim != 2 or feats.shape[0] != len(chunk):
-                    raise ValueError(
-                        f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]"
-                    )
+                    raise ValueError(f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]")
                 bad = ~np.isfinite(feats).all(axis=1)
                 if bad.any():
                     i, v = chunk[int(np.argmax(bad))]
@@ -572,7 +551,7 @@ def extract_image_features(
                 place(start, feats)
                 pending.append(feats)
                 start += len(chunk)
-                bar.update(len(chunk))  # per batch
+                bar.update(len(chunk))
                 if (sum(len(z) for z in pending) >= CHUNK_IMAGES
                         or time.monotonic() - last_flush >= CHUNK_SECONDS):
                     flush()

@@ -31,15 +31,8 @@ import PIL.ImageDraw
 
 from aape_jax.data.types import Example, ImageDataset
 
-__all__ = [
-    "COLORS",
-    "SHAPES",
-    "CLASSNAMES",
-    "MAX_CLASSES",
-    "make_dataset",
-    "class_descriptions",
-    "write_class_descriptions",
-]
+__all__ = ["COLORS", "SHAPES", "CLASSNAMES", "MAX_CLASSES", "make_dataset", "class_descriptions",
+           "write_class_descriptions"]
 
 # Colour name -> base RGB.  Chosen far apart in RGB so colour jitter never makes
 # two colours overlap; the background is kept mid-grey-ish and low-saturation so
@@ -55,16 +48,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
 }
 
-SHAPES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "cross",
-    "diamond",
-    "hexagon",
-    "ring",
-)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
 
 
 def _class_table() -> list[str]:
@@ -75,9 +59,7 @@ def _class_table() -> list[str]:
     small datasets (the first few classes) differ in both.
     """
     colors = list(COLORS)
-    names = [f"{colors[i]} {SHAPES[i]}" for i in range(8)]
-    names += [f"{colors[i]} {SHAPES[(i + 4) % 8]}" for i in range(8)]
-    return names
+    return [f"{colors[i]} {SHAPES[(i + offset) % 8]}" for offset in (0, 4) for i in range(8)]
 
 
 CLASSNAMES: tuple[str, ...] = tuple(_class_table())
@@ -127,13 +109,8 @@ def _outline(shape: str) -> list[np.ndarray]:
         return [np.stack([outer, inner], axis=1).reshape(10, 2)]
     if shape == "cross":
         a, b = 1.0, 0.3  # arm half-length, half-width
-        return [
-            np.array(
-                [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b],
-                 [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]],
-                dtype=np.float64,
-            )
-        ]
+        return [np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b],
+                          [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]], dtype=np.float64)]
     if shape == "diamond":
         return [np.array([[0, -1], [0.6, 0], [0, 1], [-0.6, 0]], dtype=np.float64)]
     if shape == "hexagon":
@@ -150,7 +127,6 @@ def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     cy = rng.uniform(radius + 1, size - radius - 1)
     angle = math.radians(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-
     return draw_shape(shape, size, cx, cy, radius, rot)
 
 
@@ -174,17 +150,8 @@ def noisy_background(size: int, rng: np.random.Generator) -> np.ndarray:
     # Pull channels towards their mean: a desaturated backdrop keeps the shape's
     # colour the salient colour cue.
     grid = 0.7 * grid.mean(axis=-1, keepdims=True) + 0.3 * grid
-    blotch = np.stack(
-        [
-            np.asarray(
-                PIL.Image.fromarray(grid[..., c], mode="F").resize(
-                    (size, size), resample=PIL.Image.Resampling.BICUBIC
-                )
-            )
-            for c in range(3)
-        ],
-        axis=-1,
-    )
+    blotch = np.stack([np.asarray(PIL.Image.fromarray(grid[..., c], mode="F").resize(
+        (size, size), resample=PIL.Image.Resampling.BICUBIC)) for c in range(3)], axis=-1)
     # Stripes at a random angle and frequency: texture that is neither the
     # class's shape nor its colour.
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -199,10 +166,9 @@ def _render(color: str, shape: str, size: int, rng: np.random.Generator) -> np.n
     """One uint8 [size, size, 3] image of `color` `shape`."""
     background = noisy_background(size, rng)
     mask = _shape_mask(shape, size, rng)[..., None]  # [H, W, 1]
-    base = np.asarray(COLORS[color], dtype=np.float32)
     # Per-image colour jitter (small: colours must stay nameable) and a linear
     # shading ramp across the shape, so its pixels are not one flat value.
-    tint = base + rng.normal(0.0, 12.0, size=3).astype(np.float32)
+    tint = np.asarray(COLORS[color], dtype=np.float32) + rng.normal(0.0, 12.0, size=3).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     gx, gy = rng.uniform(-0.25, 0.25, size=2)
     shade = 1.0 + gx * xx + gy * yy  # [H, W]
@@ -215,9 +181,7 @@ def _render(color: str, shape: str, size: int, rng: np.random.Generator) -> np.n
 # --------------------------------------------------------------------------- #
 # Public API
 # --------------------------------------------------------------------------- #
-def _split(
-    split: str, num_classes: int, per_class: int, image_size: int, seed: int
-) -> list[Example]:
+def _split(split: str, num_classes: int, per_class: int, image_size: int, seed: int) -> list[Example]:
     """Examples of one split, ordered by label then index within the class."""
     examples = []
     for label in range(num_classes):
@@ -225,23 +189,13 @@ def _split(
         for k in range(per_class):
             rng = np.random.default_rng([seed, _SPLIT_IDS[split], label, k])
             index = label * per_class + k
-            examples.append(
-                Example(
-                    image=_render(color, shape, image_size, rng),
-                    label=label,
-                    key=f"synthetic/seed{seed}/{split}/{index:05d}",
-                )
-            )
+            examples.append(Example(image=_render(color, shape, image_size, rng), label=label,
+                                    key=f"synthetic/seed{seed}/{split}/{index:05d}"))
     return examples
 
 
-def make_dataset(
-    num_classes: int = 10,
-    train_per_class: int = 16,
-    test_per_class: int = 8,
-    image_size: int = 48,
-    seed: int = 0,
-) -> ImageDataset:
+def make_dataset(num_classes: int = 10, train_per_class: int = 16, test_per_class: int = 8, image_size: int = 48,
+                 seed: int = 0) -> ImageDataset:
     """Builds the synthetic coloured-shapes dataset.
 
     Args:
@@ -259,19 +213,13 @@ def make_dataset(
     if not 1 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
     if train_per_class < 0 or test_per_class < 0:
-        raise ValueError(
-            f"images per class must be >= 0, got train={train_per_class}, test={test_per_class}"
-        )
+        raise ValueError(f"images per class must be >= 0, got train={train_per_class}, test={test_per_class}")
     if image_size < 16:
         # Below this the star, cross and hexagon are no longer recognisable.
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    return ImageDataset(
-        name="synthetic",
-        classnames=list(CLASSNAMES[:num_classes]),
-        train=_split("train", num_classes, train_per_class, image_size, seed),
-        val=[],
-        test=_split("test", num_classes, test_per_class, image_size, seed),
-    )
+    return ImageDataset(name="synthetic", classnames=list(CLASSNAMES[:num_classes]),
+                        train=_split("train", num_classes, train_per_class, image_size, seed), val=[],
+                        test=_split("test", num_classes, test_per_class, image_size, seed))
 
 
 # What each shape and colour looks like, for the description templates.
@@ -328,10 +276,7 @@ def class_descriptions(classnames: Sequence[str]) -> dict[str, list[str]]:
             )
         c, s = parts
         what, detail = _SHAPE_FACTS[s]
-        out[name] = [
-            t.format(c=c, s=s, what=what, detail=detail, color_fact=_COLOR_FACTS[c])
-            for t in _TEMPLATES
-        ]
+        out[name] = [t.format(c=c, s=s, what=what, detail=detail, color_fact=_COLOR_FACTS[c]) for t in _TEMPLATES]
     return out
 
 
@@ -339,6 +284,5 @@ def write_class_descriptions(path: str | os.PathLike, classnames: Sequence[str])
     """Writes :func:`class_descriptions` as CuPL JSON to `path`; returns the path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(class_descriptions(classnames), indent=2, ensure_ascii=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    path.write_text(json.dumps(class_descriptions(classnames), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

@@ -42,7 +42,6 @@ import subprocess
 import sys
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 
 from aape_jax.data import synthetic
 from aape_jax.data.synthetic import draw_shape
@@ -51,8 +50,7 @@ from aape_jax.data.types import Example, ImageDataset
 __all__ = [
     "COLORS", "SHAPES", "RARE_COLOR", "RARE_SHAPE", "WORLD_VERSION", "CLASSES", "TASKS", "IMAGE_SIZE",
     "CONCEPT_NAMES", "Scene", "ObjectSpec", "sample_scene", "render_scene", "caption", "zero_shot_set", "make_task",
-    "class_names",
-    "task_descriptions", "write_task_descriptions", "task_fingerprint",
+    "class_names", "task_descriptions", "write_task_descriptions", "task_fingerprint",
 ]
 
 # Bump when anything below changes what an image or caption looks like: caches key on it.
@@ -83,17 +81,10 @@ _TASK_IDS = {"toy_concepts": 10, "toy_shift": 11}
 # Images per class in each split of a task: few-shot draws (up to 16 shots) come from `train`.
 SPLIT_SIZES = {"train": 24, "val": 8, "test": 25}
 TASKS = tuple(_TASK_IDS)
-
-
-def _task_classes() -> dict[str, list[tuple[str, str]]]:
-    """Label order of both tasks: one fixed shuffle of the 48 combinations, split in two halves."""
-    order = np.random.default_rng(20241).permutation(len(CLASSES))
-    half = len(CLASSES) // 2
-    return {"toy_concepts": [CLASSES[i] for i in order[:half]],
-            "toy_shift": [CLASSES[i] for i in order[half:]]}
-
-
-TASK_CLASSES = _task_classes()
+# Label order of both tasks: one fixed shuffle of the 48 combinations, split in two halves.
+TASK_CLASSES: dict[str, list[tuple[str, str]]] = {
+    task: [CLASSES[i] for i in half]
+    for task, half in zip(TASKS, np.split(np.random.default_rng(20241).permutation(len(CLASSES)), 2))}
 
 
 # toy_concepts' class names, in label order: bird names, words no pretraining caption contains.
@@ -229,10 +220,8 @@ def render_scene(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE,
         angle = math.radians(rng.uniform(-20.0, 20.0))
         rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         cx, cy, r = obj.x * size, obj.y * size, obj.radius * size
-        if style == "outline":
-            mask = _outline_mask(obj.shape, size, cx, cy, r, rot)
-        else:
-            mask = draw_shape(obj.shape, size, cx, cy, r, rot)
+        draw = _outline_mask if style == "outline" else draw_shape
+        mask = draw(obj.shape, size, cx, cy, r, rot)
         image = mask[..., None] * _fill(obj, size, rng) + (1.0 - mask[..., None]) * image
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -321,11 +310,10 @@ def make_task(name: str, seed: int = 0, size: int = IMAGE_SIZE) -> ImageDataset:
     if name not in _TASK_IDS:
         raise ValueError(f"unknown toy-world task {name!r}; choose one of {', '.join(TASKS)}")
     style = "outline" if name == "toy_shift" else "filled"
-    classes = TASK_CLASSES[name]
     splits = {}
     for split, per_class in SPLIT_SIZES.items():
         examples = []
-        for label, (color, shape) in enumerate(classes):
+        for label, (color, shape) in enumerate(TASK_CLASSES[name]):
             for k in range(per_class):
                 rng = np.random.default_rng([seed, _TASK_IDS[name], _STREAMS[split], label, k])
                 image = render_scene(sample_scene(rng, color, shape, single=True), rng, size, style)
