@@ -22,6 +22,7 @@ Flickr30k 1k.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -203,23 +204,19 @@ def captioned_images_from_records(records: Iterable[Mapping[str, Any]], source: 
         if not captions:
             uncaptioned.append(filename)
             continue
+        encoded = isinstance(image, (bytes, np.bytes_))
         if image_dir is not None:
             target = os.path.join(os.fspath(image_dir), filename)
-            if isinstance(image, (bytes, np.bytes_)):
-                data = bytes(image)
-            else:
+            if not encoded:
                 target = os.path.splitext(target)[0] + ".png"
-                data = None
             if not os.path.isfile(target):
                 with atomic.atomic_open(target, "wb") as f:
-                    if data is not None:
-                        f.write(data)
+                    if encoded:
+                        f.write(bytes(image))
                     else:
                         PIL.Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
             image = target
-        elif isinstance(image, (bytes, np.bytes_)):
-            import io
-
+        elif encoded:
             image = np.asarray(PIL.Image.open(io.BytesIO(bytes(image))).convert("RGB"))
         out.append(CaptionedImage(image=image, captions=captions, key=filename))
     if uncaptioned:
@@ -251,9 +248,8 @@ def load_tfds_coco_captions(split: str, *, data_dir: str | None = None, image_di
                 "`pip install tensorflow-datasets tensorflow`, then `tfds build coco_captions`; "
                 "or use the plain layout (dataset.source='karpathy': image folders + dataset_coco.json), "
                 "which needs neither") from e
-        tfds_split = "train+restval" if split == "train" else split
-        ds = tfds.load("coco_captions", split=tfds_split, data_dir=data_dir, shuffle_files=False,
-                       decoders={"image": tfds.decode.SkipDecoding()})
+        ds = tfds.load("coco_captions", split="train+restval" if split == "train" else split, data_dir=data_dir,
+                       shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
         dataset = tfds.as_numpy(ds)
     return captioned_images_from_records(dataset, f"tfds coco_captions[{split}]", image_dir=image_dir)
 

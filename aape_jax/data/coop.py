@@ -76,8 +76,7 @@ _SPLITS = ("train", "val", "test")
 
 
 def _require(path: pathlib.Path, what: str, dataset: str, *, is_dir: bool) -> None:
-    ok = path.is_dir() if is_dir else path.is_file()
-    if not ok:
+    if not (path.is_dir() if is_dir else path.is_file()):
         kind = "folder" if is_dir else "file"
         raise DataError(
             f"{dataset}: expected the {what} {kind} at {path} (CoOp layout; see "
@@ -85,6 +84,15 @@ def _require(path: pathlib.Path, what: str, dataset: str, *, is_dir: bool) -> No
             hint="set --config.dataset.root to the folder that holds the CoOp dataset folders "
                  "(DATASETS.md of CoOp), or --config.dataset.source=folder|tfds",
         )
+
+
+def _dataset_dirs(root: str | os.PathLike, name: str, ddir: str, idir: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """Checks that the data root, ``ROOT/ddir`` and ``ROOT/ddir/idir`` are folders; returns the last two."""
+    root = pathlib.Path(root)
+    _require(root, "data root", name, is_dir=True)
+    _require(root / ddir, "dataset", name, is_dir=True)
+    _require(root / ddir / idir, "image", name, is_dir=True)
+    return root / ddir, root / ddir / idir
 
 
 def read_split_file(
@@ -114,8 +122,7 @@ def read_split_file(
     label = dataset or split_file.name
     _require(split_file, "split", label, is_dir=False)
     try:
-        with open(split_file, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(split_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{label}: {split_file} is not valid JSON: {e}") from e
     if not isinstance(data, Mapping) or not any(s in data for s in _SPLITS):
@@ -173,22 +180,10 @@ def load_coop(name: str, root: str | os.PathLike) -> ImageDataset:
         raise KeyError(
             f"unknown CoOp split-file dataset {name!r}; known: {', '.join(COOP_DATASETS)}"
         )
-    root = pathlib.Path(root)
-    _require(root, "data root", name, is_dir=True)
     ddir, idir, sfile = SPLIT_FILE_DATASETS[name]
-    dataset_dir = root / ddir
-    _require(dataset_dir, "dataset", name, is_dir=True)
-    image_dir = dataset_dir / idir if idir else dataset_dir
-    _require(image_dir, "image", name, is_dir=True)
-    _require(dataset_dir / sfile, "split", name, is_dir=False)
+    dataset_dir, image_dir = _dataset_dirs(root, name, ddir, idir)
     classnames, splits = read_split_file(dataset_dir / sfile, image_dir, dataset=name)
-    return ImageDataset(
-        name=name,
-        classnames=classnames,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-    )
+    return ImageDataset(name=name, classnames=classnames, **splits)
 
 
 def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
@@ -200,12 +195,7 @@ def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
     717"``); the image is ``images/<imgname>.jpg``, its key ``<imgname>.jpg``.
     """
     name = "fgvc_aircraft"
-    root = pathlib.Path(root)
-    _require(root, "data root", name, is_dir=True)
-    ddir = root / FGVC_DIR
-    _require(ddir, "dataset", name, is_dir=True)
-    image_dir = ddir / "images"
-    _require(image_dir, "image", name, is_dir=True)
+    ddir, image_dir = _dataset_dirs(root, name, FGVC_DIR, "images")
     variants_file = ddir / "variants.txt"
     _require(variants_file, "class-name (variants.txt)", name, is_dir=False)
     classnames = [
@@ -235,6 +225,4 @@ def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
             key = imname + ".jpg"
             out.append(Example(image=str(image_dir / key), label=lab[variant], key=key))
         splits[split] = out
-    return ImageDataset(
-        name=name, classnames=classnames, train=splits["train"], val=splits["val"], test=splits["test"]
-    )
+    return ImageDataset(name=name, classnames=classnames, **splits)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 
-from aape_jax.data import classnames as _classnames
 from aape_jax.data.classnames import DATASETS, VARIANTS, imagenet_subset
 from aape_jax.data.coop import load_coop
 from aape_jax.data.folder import load_folder
@@ -65,6 +64,6 @@ def load_dataset(name: str, root: str | os.PathLike | None, source: str = "coop"
                           hint="set --config.dataset.root to the folder that holds the CoOp dataset folders")
     if name == "imagenet":
         return load_imagenet(root)
-    if name in _classnames.VARIANTS:
+    if name in VARIANTS:
         return load_imagenet_variant(name, root)
     return load_coop(name, root)

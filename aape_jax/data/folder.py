@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from aape_jax.data.types import Example, ImageDataset
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "list_class_dirs", "load_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "list_class_dirs", "class_examples", "load_folder"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
@@ -40,13 +41,9 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 
 def list_images(directory: str | os.PathLike) -> list[pathlib.Path]:
     """Image files directly in `directory`, sorted by name (hidden files skipped)."""
-    out = []
     with os.scandir(directory) as it:
-        for entry in it:
-            if entry.name.startswith("."):
-                continue
-            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
-                out.append(pathlib.Path(entry.path))
+        out = [pathlib.Path(e.path) for e in it if not e.name.startswith(".")
+               and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()]
     return sorted(out, key=lambda p: p.name)
 
 
@@ -56,18 +53,16 @@ def list_class_dirs(directory: str | os.PathLike) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def _examples(
-    root: pathlib.Path, split_dir: pathlib.Path, classes: dict[str, int]
-) -> list[Example]:
+def class_examples(directory: pathlib.Path, labels: Mapping[str, int], key_root: pathlib.Path,
+                   unknown: Callable[[pathlib.Path], str]) -> list[Example]:
+    """The images of each class sub-folder of `directory`, labelled ``labels[folder name]`` and keyed by
+    their path relative to `key_root`; a folder `labels` lacks raises ``ValueError(unknown(folder))``."""
     out: list[Example] = []
-    for cname in list_class_dirs(split_dir):
-        if cname not in classes:
-            raise ValueError(
-                f"{split_dir / cname}: class folder {cname!r} is not among the "
-                f"classes of {root / 'train'}"
-            )
-        for p in list_images(split_dir / cname):
-            out.append(Example(image=str(p), label=classes[cname], key=p.relative_to(root).as_posix()))
+    for cname in list_class_dirs(directory):
+        if cname not in labels:
+            raise ValueError(unknown(directory / cname))
+        out.extend(Example(image=str(p), label=labels[cname], key=p.relative_to(key_root).as_posix())
+                   for p in list_images(directory / cname))
     return out
 
 
@@ -102,31 +97,32 @@ def load_folder(
         if not classnames:
             raise ValueError(f"{name}: no class folders in {root / 'train'}")
         classes = {c: i for i, c in enumerate(classnames)}
-        train = _examples(root, root / "train", classes)
-        test = _examples(root, root / "test", classes)
-        val = _examples(root, root / "val", classes) if (root / "val").is_dir() else []
-        if not train and not test:
-            raise ValueError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-        return ImageDataset(name=name, classnames=classnames, train=train, val=val, test=test)
 
-    classnames = list_class_dirs(root)
-    if not classnames:
-        raise ValueError(
-            f"{name}: no class folders in {root} (expected {root}/<class>/*.jpg, "
-            f"or {root}/train/<class>/ and {root}/test/<class>/)"
-        )
-    train, test = [], []
-    for label, cname in enumerate(classnames):
-        files = list_images(root / cname)
-        n = len(files)
-        n_test = int(round(n * test_fraction))
-        if n >= 2 and 0.0 < test_fraction < 1.0:
-            n_test = min(max(n_test, 1), n - 1)
-        order = np.random.default_rng([seed, label]).permutation(n)
-        test_idx = set(int(i) for i in order[:n_test])
-        for i, p in enumerate(files):
-            ex = Example(image=str(p), label=label, key=p.relative_to(root).as_posix())
-            (test if i in test_idx else train).append(ex)
+        def unknown(folder: pathlib.Path) -> str:
+            return f"{folder}: class folder {folder.name!r} is not among the classes of {root / 'train'}"
+
+        train = class_examples(root / "train", classes, root, unknown)
+        test = class_examples(root / "test", classes, root, unknown)
+        val = class_examples(root / "val", classes, root, unknown) if (root / "val").is_dir() else []
+    else:
+        classnames = list_class_dirs(root)
+        if not classnames:
+            raise ValueError(
+                f"{name}: no class folders in {root} (expected {root}/<class>/*.jpg, "
+                f"or {root}/train/<class>/ and {root}/test/<class>/)"
+            )
+        train, val, test = [], [], []
+        for label, cname in enumerate(classnames):
+            files = list_images(root / cname)
+            n = len(files)
+            n_test = int(round(n * test_fraction))
+            if n >= 2 and 0.0 < test_fraction < 1.0:
+                n_test = min(max(n_test, 1), n - 1)
+            order = np.random.default_rng([seed, label]).permutation(n)
+            test_idx = set(int(i) for i in order[:n_test])
+            for i, p in enumerate(files):
+                ex = Example(image=str(p), label=label, key=p.relative_to(root).as_posix())
+                (test if i in test_idx else train).append(ex)
     if not train and not test:
         raise ValueError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return ImageDataset(name=name, classnames=classnames, train=train, val=[], test=test)
+    return ImageDataset(name=name, classnames=classnames, train=train, val=val, test=test)

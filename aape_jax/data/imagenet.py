@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
 
 from aape_jax.data import classnames as _classnames
 from aape_jax.data.classnames import imagenet_subset, imagenet_wnids
-from aape_jax.data.folder import list_class_dirs, list_images
+from aape_jax.data.folder import class_examples, list_class_dirs, list_images
 from aape_jax.data.types import Example, ImageDataset
 
 __all__ = [
@@ -94,49 +93,26 @@ def read_wnid_classnames(path: str | os.PathLike) -> tuple[list[str], list[str]]
     return wnids, [table[w] for w in wnids]
 
 
-def _wnid_examples(
-    folder: pathlib.Path,
-    index: dict[str, int],
-    dataset: str,
-    key_prefix: str = "",
-) -> list[Example]:
-    out: list[Example] = []
-    for wnid in list_class_dirs(folder):
-        if wnid not in index:
-            raise ValueError(
-                f"{dataset}: folder {folder / wnid} is not an ImageNet class "
-                f"(not among the {len(index)} known wnids)"
-            )
-        for p in list_images(folder / wnid):
-            out.append(
-                Example(image=str(p), label=index[wnid], key=key_prefix + p.relative_to(folder).as_posix())
-            )
-    return out
+def _wnid_examples(folder: pathlib.Path, wnids: list[str], dataset: str, key_root: pathlib.Path) -> list[Example]:
+    index = {w: i for i, w in enumerate(wnids)}
+    return class_examples(folder, index, key_root, lambda d: (
+        f"{dataset}: folder {d} is not an ImageNet class (not among the {len(index)} known wnids)"))
 
 
 def load_imagenet(root: str | os.PathLike) -> ImageDataset:
     """ImageNet from ``ROOT/imagenet`` (CoOp layout; see the module docstring)."""
     root = pathlib.Path(root)
     ddir = root / "imagenet"
-    for p, what in ((root, "data root"), (ddir, "dataset"), (ddir / "images" / "train", "train image"),
-                    (ddir / "images" / "val", "val image")):
+    images = ddir / "images"
+    for p, what in ((root, "data root"), (ddir, "dataset"), (images / "train", "train image"),
+                    (images / "val", "val image")):
         if not p.is_dir():
             raise FileNotFoundError(f"imagenet: expected the {what} folder at {p}")
     wnids, names = read_wnid_classnames(ddir / "classnames.txt")
-    index = {w: i for i, w in enumerate(wnids)}
-    images = ddir / "images"
-    train = _wnid_examples(images / "train", index, "imagenet", "train/")
-    test = _wnid_examples(images / "val", index, "imagenet", "val/")
+    # Keys are relative to images/: "train/<wnid>/<file>", "val/<wnid>/<file>".
+    train = _wnid_examples(images / "train", wnids, "imagenet", images)
+    test = _wnid_examples(images / "val", wnids, "imagenet", images)
     return ImageDataset(name="imagenet", classnames=names, train=train, val=[], test=test)
-
-
-def _find_variant_dir(root: pathlib.Path, name: str) -> pathlib.Path:
-    cands: Sequence[str] = VARIANT_DIRS[name]
-    for c in cands:
-        if (root / c).is_dir():
-            return root / c
-    tried = ", ".join(str(root / c) for c in cands)
-    raise FileNotFoundError(f"{name}: expected the image folder at one of: {tried}")
 
 
 def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
@@ -146,7 +122,10 @@ def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{name}: expected the data root folder at {root}")
-    folder = _find_variant_dir(root, name)
+    folder = next((root / c for c in VARIANT_DIRS[name] if (root / c).is_dir()), None)
+    if folder is None:
+        tried = ", ".join(str(root / c) for c in VARIANT_DIRS[name])
+        raise FileNotFoundError(f"{name}: expected the image folder at one of: {tried}")
     local = folder.parent / "classnames.txt"
     if local.is_file() and folder.parent != root:
         wnids, names = read_wnid_classnames(local)
@@ -163,6 +142,5 @@ def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
             for p in list_images(folder / d):
                 test.append(Example(image=str(p), label=int(d), key=p.relative_to(folder).as_posix()))
     else:
-        index = {w: i for i, w in enumerate(wnids)}
-        test = _wnid_examples(folder, index, name)
-    return ImageDataset(name=name, classnames=list(names), train=[], val=[], test=test)
+        test = _wnid_examples(folder, wnids, name, folder)
+    return ImageDataset(name=name, classnames=names, train=[], val=[], test=test)

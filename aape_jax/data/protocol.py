@@ -153,11 +153,9 @@ def few_shot_cached(
         try:
             return _read_cache(path, examples)
         except _DamagedCache as e:
-            # The draw depends only on (examples, shots, seed): redrawing gives the file's content back.
             logging.warning("few-shot draw %s is damaged (%s); drawing it again from seed %d", path, e, seed)
     chosen = few_shot(examples, shots, seed, repeat=repeat)
-    payload = {"train": [[e.key, int(e.label)] for e in chosen]}
-    atomic.write_json(path, payload)
+    atomic.write_json(path, {"train": [[e.key, int(e.label)] for e in chosen]})
     return chosen
 
 
@@ -173,9 +171,7 @@ class ForeignCacheError(UserError, ValueError):
 
 def _read_cache(path: pathlib.Path, examples: Sequence[Example]) -> list[Example]:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        entries = payload["train"]
-        pairs = [(str(k), int(y)) for k, y in entries]
+        pairs = [(str(k), int(y)) for k, y in json.loads(path.read_text(encoding="utf-8"))["train"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _DamagedCache(
             f"not a few-shot cache file ({{\"train\": [[key, label], ...]}}): {type(e).__name__}: {e}"

@@ -93,23 +93,13 @@ _EUROSAT = {
 }
 
 
-def _cars(n: str) -> str:
-    parts = n.split(" ")
-    return " ".join([parts[-1]] + parts[:-1])
-
-
-def _sun(n: str) -> str:
-    parts = n.strip("/").split("/")[1:]
-    return " ".join(parts[::-1])
-
-
 _RENAMERS: dict[str, Callable[[str], str | None]] = {
     "caltech101": lambda n: None if n.lower() in _CALTECH_DROP else _CALTECH_RENAME.get(n.lower(), n.lower()),
     "oxford_pets": str.lower,
-    "stanford_cars": _cars,
+    "stanford_cars": lambda n: " ".join(reversed(n.rsplit(" ", 1))),  # "... 2000" -> "2000 ..."
     "flowers102": lambda n: n,
     "food101": lambda n: n,
-    "sun397": _sun,
+    "sun397": lambda n: " ".join(reversed(n.strip("/").split("/")[1:])),  # "/b/bakery/shop" -> "shop bakery"
     "dtd": lambda n: n,
     "eurosat": lambda n: _EUROSAT.get(n, n),
 }
@@ -165,10 +155,7 @@ def _split_names(builder: Any) -> list[str]:
 
 
 def _pick(available: list[str], *cands: str) -> str | None:
-    for c in cands:
-        if c in available:
-            return c
-    return None
+    return next((c for c in cands if c in available), None)
 
 
 def _as_uint8(image: Any, where: str) -> np.ndarray:
@@ -247,4 +234,4 @@ def load_tfds(
                 continue
             key = f"tfds/{name}/{tsplit}/{i}"
             out[ours].append(Example(image=_as_uint8(rec["image"], key), label=lab, key=key))
-    return ImageDataset(name=name, classnames=classnames, train=out["train"], val=out["val"], test=out["test"])
+    return ImageDataset(name=name, classnames=classnames, **out)
