@@ -68,8 +68,7 @@ def _read_run_config(workdir: str) -> dict:
 
 def _geometry(projection_dim: int, text_width: int) -> str:
     """'projection_dim D, text width W', with the name of a known geometry that has them."""
-    names = [n for n, g in GEOMETRIES.items() if (g.projection_dim, g.text.hidden_size) == (projection_dim,
-                                                                                            text_width)]
+    names = [n for n, g in GEOMETRIES.items() if (g.projection_dim, g.text.hidden_size) == (projection_dim, text_width)]
     return f"projection_dim {projection_dim}, text width {text_width}" + (f" ({names[0]})" if names else "")
 
 
@@ -197,11 +196,10 @@ class AAPEClassifier:
             pixels, good, bad = zeroshot.preprocess_each(self.clip.preprocess, items[start : start + batch_size],
                                                          on_bad_image, offset=start)
             self.skipped.extend(bad)
-            if pixels is None:
-                continue
-            # Padded to batch_size: one compilation for every batch.
-            out[[start + j for j in good]] = padded_batches(lambda p: self.predict_proba_pixels(p, class_names),
-                                                            pixels, batch_size)
+            if pixels is not None:
+                # Padded to batch_size: one compilation for every batch.
+                out[[start + j for j in good]] = padded_batches(lambda p: self.predict_proba_pixels(p, class_names),
+                                                                pixels, batch_size)
         if self.skipped:
             logging.warning("AAPEClassifier: skipped %d of %d image(s) that cannot be decoded: %s", len(self.skipped),
                             len(items), ", ".join(path for path, _ in self.skipped))

@@ -71,16 +71,15 @@ def _main(argv: list[str]) -> None:
 
     # Imported after jax.distributed is initialised: nothing may touch a backend before.
     config = _CONFIG.value
-    task = config.task
-    if task == "retrieval":
+    if config.task == "retrieval":
         from aape_jax.retrieval.train import train_and_evaluate as train_retrieval
 
         metrics = train_retrieval(config, _WORKDIR.value)
         if distributed.is_main_process():
             print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
         return
-    if task != "classification":
-        raise app.UsageError(f"config.task is {task!r}; choose 'classification' or 'retrieval'")
+    if config.task != "classification":
+        raise app.UsageError(f"config.task is {config.task!r}; choose 'classification' or 'retrieval'")
 
     from aape_jax.config_check import latest_checkpoint_step
     from aape_jax.inference import AAPEClassifier

@@ -81,10 +81,6 @@ def list_images(inputs: Sequence[str]) -> list[str]:
     return paths
 
 
-def _label(item: object, index: int) -> str:
-    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image #{index}"
-
-
 def preprocess_each(
     preprocess: Callable[[list], np.ndarray], items: Sequence, on_bad_image: str = "skip", offset: int = 0
 ) -> tuple[np.ndarray | None, list[int], list[tuple[str, str]]]:
@@ -102,7 +98,7 @@ def preprocess_each(
             pixels.append(preprocess([item]))
         except (ValueError, OSError) as e:  # undecodable, truncated, missing (load_image names the path)
             cause = e.__cause__ if e.__cause__ is not None else e
-            label = _label(item, offset + j)
+            label = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image #{offset + j}"
             if on_bad_image == "fail":
                 raise BadImageError(label, str(cause), hint="use --on_bad_image=skip to classify the others") from e
             logging.warning("skipping %s: cannot decode it (%s)", label, cause)
@@ -186,13 +182,10 @@ def _run(args: argparse.Namespace) -> int:
     weights = class_weights(model, class_names, templates)
     skipped: list[tuple[str, str]] = []
     probs = predict(model, paths, weights, args.batch_size, on_bad_image=args.on_bad_image, skipped=skipped)
-    k = min(args.topk, len(class_names))
     bad = {path for path, _ in skipped}
     for path, p in zip(paths, probs):
-        if path in bad:
-            continue
-        top = np.argsort(-p)[:k]
-        print(f"{path}\t" + "\t".join(f"{class_names[i]}={p[i]:.4f}" for i in top))
+        if path not in bad:  # a slice past the end is the whole: --topk above C prints every class
+            print(f"{path}\t" + "\t".join(f"{class_names[i]}={p[i]:.4f}" for i in np.argsort(-p)[:args.topk]))
     sys.stdout.flush()
     if skipped:
         print(f"zeroshot: skipped {len(skipped)} of {len(paths)} image(s) that cannot be decoded:", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 # Longest list of offending items an error message spells out.
@@ -22,16 +22,14 @@ def _listing(items: Sequence[Any]) -> str:
     return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def _clean(captions: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(c.strip() for c in captions if c.strip()))
-
-
-def _check_every_image_captioned(path: str | os.PathLike[str], captions: dict[str, list[str]]) -> None:
+def _cleaned(path: str | os.PathLike[str], raw: dict[str, list[str]]) -> dict[str, list[str]]:
+    captions = {image: list(dict.fromkeys(c.strip() for c in caps if c.strip())) for image, caps in raw.items()}
     # An uncaptioned image would reach the aggregator with zero prompts (an all-masked
     # attention row), so it is refused here rather than turning into NaNs later.
     empty = [image for image, caps in captions.items() if not caps]
     if empty:
         raise ValueError(f"{path}: {len(empty)} image(s) without any caption: {_listing(empty)}")
+    return captions
 
 
 def read_coco_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
@@ -62,20 +60,17 @@ def read_coco_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     if not names:
         raise ValueError(f"{path}: holds no images")
     raw: dict[str, list[str]] = {name: [] for name in names.values()}
-    unknown: list[Any] = []
+    unknown: dict[Any, None] = {}  # insertion-ordered set
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
             raise ValueError(f"{path}: annotations[{i}] needs an 'image_id' and a string 'caption', got {ann!r:.120}")
         if ann["image_id"] not in names:
-            if ann["image_id"] not in unknown:
-                unknown.append(ann["image_id"])
+            unknown[ann["image_id"]] = None
             continue
         raw[names[ann["image_id"]]].append(ann["caption"])
     if unknown:
-        raise ValueError(f"{path}: captions refer to {len(unknown)} unknown image id(s): {_listing(unknown)}")
-    captions = {name: _clean(caps) for name, caps in raw.items()}
-    _check_every_image_captioned(path, captions)
-    return captions
+        raise ValueError(f"{path}: captions refer to {len(unknown)} unknown image id(s): {_listing(list(unknown))}")
+    return _cleaned(path, raw)
 
 
 def read_jsonl_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
@@ -104,6 +99,4 @@ def read_jsonl_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
             raw.setdefault(record["image"], []).extend(record["captions"])
     if not raw:
         raise ValueError(f"{path}: holds no images")
-    captions = {image: _clean(caps) for image, caps in raw.items()}
-    _check_every_image_captioned(path, captions)
-    return captions
+    return _cleaned(path, raw)

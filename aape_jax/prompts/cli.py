@@ -75,15 +75,6 @@ def read_classname_lines(path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
-def _dataset_classnames(name: str) -> list[str]:
-    from aape_jax.data import classnames
-
-    try:
-        return classnames.load(name)
-    except KeyError as e:
-        raise UsageError(e.args[0] if e.args else f"unknown dataset {name!r}") from e
-
-
 def _classes(args: argparse.Namespace) -> tuple[str, list[str]]:
     """(label, class names) from --classes "a,b", --classnames FILE or --dataset NAME."""
     if getattr(args, "classes", None) is not None:
@@ -96,7 +87,12 @@ def _classes(args: argparse.Namespace) -> tuple[str, list[str]]:
         return label, read_classname_lines(args.classnames)
     if args.dataset is None:
         raise UsageError("give --dataset NAME or --classnames FILE")
-    return args.dataset, _dataset_classnames(args.dataset)
+    from aape_jax.data import classnames
+
+    try:
+        return args.dataset, classnames.load(args.dataset)
+    except KeyError as e:
+        raise UsageError(e.args[0] if e.args else f"unknown dataset {args.dataset!r}") from e
 
 
 def _read_user_aliases(path: str) -> dict[str, str]:
@@ -144,9 +140,8 @@ def run_check(args: argparse.Namespace) -> int:
         # names themselves (e.g. from `generate`) matches them directly.
         package = aliases_for(args.dataset, available=prompts) if args.dataset else {}
         user = _read_user_aliases(args.aliases) if args.aliases else {}
-        aliases = {**package, **user}
         try:
-            covered, missing = coverage(names, prompts, aliases, source=args.prompts)
+            covered, missing = coverage(names, prompts, {**package, **user}, source=args.prompts)
         except ValueError as e:  # a user alias naming a key the file lacks
             raise UsageError(str(e)) from e
     except UsageError as e:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging
+from tqdm import tqdm
 
 from aape_jax import atomic, hub
 from aape_jax.prompts.cupl import read_class_descriptions
@@ -71,10 +72,7 @@ def ask(question: str, classname: str) -> str:
 
 
 def first_sentence(text: str) -> str:
-    """CuPL's post-processing: one line, up to the first ".", stripped, ending with "."; "" if empty.
-
-    Control characters other than whitespace (which small models emit) are dropped too.
-    """
+    """CuPL's post-processing of one completion (see the module docstring); "" if nothing is left."""
     text = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
     text = _WHITESPACE.sub(" ", text).split(".", 1)[0].strip()
     return text + "." if text else ""
@@ -87,8 +85,7 @@ def read_questions(path: str | os.PathLike[str]) -> list[str]:
       ValueError: naming `path` when it holds no question, or a line lacks exactly one "{}".
     """
     with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    questions = [q for q in lines if q and not q.startswith("#")]
+        questions = [q for q in map(str.strip, f) if q and not q.startswith("#")]
     if not questions:
         raise ValueError(f"{path}: holds no questions")
     for q in questions:
@@ -135,11 +132,7 @@ def load_model(path_or_id: str | os.PathLike[str], device: str | None = None, dt
 
 def fallback_sentence(classname: str) -> str:
     """`FALLBACK_TEMPLATE` for `classname` (underscores as spaces)."""
-    return FALLBACK_TEMPLATE.replace("{}", _WHITESPACE.sub(" ", classname.replace("_", " ")).strip())
-
-
-def _class_seed(seed: int, classname: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(classname.encode("utf-8"))) % (2**63 - 1)
+    return ask(FALLBACK_TEMPLATE, classname)
 
 
 def describe_class(
@@ -161,7 +154,7 @@ def describe_class(
 
     if per_question < 1 or max_new_tokens < 1 or temperature <= 0:
         raise ValueError("per_question and max_new_tokens must be >= 1 and temperature > 0")
-    torch.manual_seed(_class_seed(seed, classname))
+    torch.manual_seed((seed * 1_000_003 + zlib.crc32(classname.encode("utf-8"))) % (2**63 - 1))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     sentences: list[str] = []
@@ -204,18 +197,15 @@ def write_descriptions(
     classes = list(dict.fromkeys(classnames))
     if not classes:
         raise ValueError("no class names given")
-    existing = read_class_descriptions(out) if os.path.exists(out) else {}
-    todo = [c for c in classes if c not in existing]
-    if existing:
+    result = read_class_descriptions(out) if os.path.exists(out) else {}
+    todo = [c for c in classes if c not in result]
+    if result:
         logging.info("%s: %d of %d classes already present; generating %d", out,
                      len(classes) - len(todo), len(classes), len(todo))
-    result = dict(existing)
 
     def ordered() -> dict[str, list[str]]:
         return {**{c: result[c] for c in classes if c in result},
                 **{k: v for k, v in result.items() if k not in classes}}
-
-    from tqdm import tqdm
 
     for classname in tqdm(todo, desc="classes", unit="class", disable=not progress):
         result[classname] = describe(classname)
