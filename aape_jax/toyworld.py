@@ -131,8 +131,8 @@ def pretrained_clip(tokenizer_dir: str | None = None, force: bool = False) -> st
 
     A crash mid-pretraining leaves only a temporary directory: the cache entry
     appears (by rename) complete or not at all. Processes of one machine asking
-    at once (parallel tests, several hosts' worth of processes) pretrain once:
-    the others wait on a lock file beside the entry, then read it.
+    at once (parallel test workers, a multi-process launch on one host)
+    pretrain once: the others wait on a lock file beside the entry, then read it.
     """
     tokenizer_dir = tokenizer_dir or default_tokenizer_dir()
     target = cached_checkpoint_dir(tokenizer_dir)
