@@ -131,14 +131,16 @@ def _quiet_orbax() -> Iterator[None]:
 
     Its asyncio readers die after the event loop closes, and Python prints each
     one's traceback with TensorStore's full spec (dozens of lines) through
-    `sys.unraisablehook` (asyncio's logger is filtered once, below); and a
-    read-only manager warns on every load.
+    `sys.unraisablehook` (asyncio's logger is filtered once, below), as well as
+    their callbacks' "Event loop is closed"; and a read-only manager warns on
+    every load.
     """
     previous = sys.unraisablehook
 
     def hook(info):
         text = repr(getattr(info, "object", "")) + str(getattr(info, "exc_value", ""))
-        if "TensorStore" in text or "_read_array_index" in text or "orbax" in text:
+        dead_loop = isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"
+        if dead_loop or "TensorStore" in text or "_read_array_index" in text or "orbax" in text:
             return
         previous(info)
 

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aape_jax import atomic, clip, errors, results, zeroshot
+from aape_jax import atomic, checkpoint, clip, errors, results, zeroshot
 from aape_jax.checkpoint import CheckpointError, Checkpointer
 from aape_jax.clip import tiny
 from aape_jax.data import feature_store as fs
@@ -302,6 +303,23 @@ def test_unrestorable_checkpoint_error_is_short(tmp_path, clip_dir, classifier, 
     assert "tensorstore_spec" not in message and "'driver'" not in message and len(message.splitlines()) == 1
     assert "step 3" in message and str(data) in message
     assert "'driver'" not in capfd.readouterr().err  # nor is TensorStore's spec printed beside it
+
+
+def test_a_failed_restores_dead_reader_callbacks_are_dropped(monkeypatch):
+    # When GC collects Orbax's dead readers is up to it: their callbacks' "Event loop is closed" reaches
+    # sys.unraisablehook at any moment of the restore; anything else still reaches the hook before it.
+    forwarded = []
+    monkeypatch.setattr(sys, "unraisablehook", forwarded.append)
+
+    def unraisable(exc):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None, object=None)
+
+    with checkpoint._quiet_orbax():
+        sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+        assert forwarded == []
+        sys.unraisablehook(unraisable(RuntimeError("something else")))
+    assert [str(info.exc_value) for info in forwarded] == ["something else"]
+    assert sys.unraisablehook == forwarded.append
 
 
 def test_damaged_few_shot_draw_is_rebuilt_identically(tmp_path, absl_log):
