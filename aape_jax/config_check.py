@@ -288,32 +288,31 @@ def resume_record(config: Any, workdir: str, git: str) -> dict:
     if not results:
         return record  # nothing was made with an earlier config (or there was none)
     path, what = os.path.join(workdir, CONFIG_FILE), " and ".join(results)
-    changes: list[tuple[str, Any, Any]] = []
-    shown: list[str] = []  # one "config.FIELD: OLD -> NEW" per change
     try:
         with open(path, encoding="utf-8") as f:
             previous = json.load(f)
         if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
             raise ValueError("no 'config' object in it")
     except (OSError, ValueError) as e:
-        previous = {}
+        previous, changes, shown = None, [], []
         first = (f"{workdir} holds {what}, but {path} is missing or unreadable ({type(e).__name__}: {e}): "
                  "cannot tell which config they were made with")
     else:
+        record["history"] = list(previous.get("history") or [])
         changes = changed_fields(previous["config"], current)
-        shown = [f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes]
+        if not changes:
+            return record
+        shown = [f"config.{f}: {_fmt(a)} -> {_fmt(b)}" for f, a, b in changes]  # one line per change
         more = f"; and {len(changes) - 8} more" if len(changes) > 8 else ""
         first = f"{workdir} holds {what} made with a different config; changed: {'; '.join(shown[:8])}{more}"
-    record["history"] = list(previous.get("history") or [])
-    if previous and not changes:
-        return record
     if _get(config, "resume_with_changes") is not True:
         raise ConfigDriftError(first + "".join(f"\n  {line}" for line in shown), changes)
     record["history"].append({
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "resumed_from_step": latest_checkpoint_step(workdir),
-        "previous_git": previous.get("git"), "git": git,
-        "changes": {f: [None if v is _ABSENT else v for v in (a, b)] for f, a, b in changes} if previous else None,
+        "previous_git": None if previous is None else previous.get("git"), "git": git,
+        "changes": None if previous is None else {f: [None if v is _ABSENT else v for v in (a, b)]
+                                                   for f, a, b in changes},
     })
     logging.warning("resuming %s with a changed config (config.resume_with_changes): %s", workdir,
                     "; ".join(shown) or "unrecorded")
