@@ -1,17 +1,22 @@
 """Atomic file writes: readers see the old file or the new one, never a torn one.
 
-The content goes to a temporary file in the target's directory (os.replace is
+Locally, the content goes to a temporary file in the target's directory (os.replace is
 atomic only within one file system), is fsynced, then renamed over the target;
 whatever interrupts the write, the temporary file is removed. The file gets the
 mode a plain `open()` would give it (0666 less the umask: 0644 by default), not
 the 0600 of `tempfile.mkstemp`, so a store or workdir shared by a team stays
 readable. A full disk is reported as `errors.NoSpaceError` naming the target.
+
+On a bucket (``gs://``, `aape_jax.storage`) an object appears whole when its
+upload finishes, or not at all: the content is gathered in memory and uploaded
+once on a clean exit, so an error or a kill before then leaves the old object.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import tempfile
@@ -19,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
+from aape_jax import storage
 from aape_jax.errors import NoSpaceError, no_space
 
 _umask_lock = threading.Lock()
@@ -46,8 +52,18 @@ def file_mode() -> int:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """`with atomic_open(path, "wb") as f: ...` writes `path` atomically on a clean exit."""
+    """`with atomic_open(path, "wb") as f: ...` writes `path` (local or a bucket's) atomically on a clean exit."""
     path = os.fspath(path)
+    if storage.is_remote(path):
+        with io.BytesIO() as buffer:
+            if "b" in mode:
+                yield buffer
+            else:
+                text = io.TextIOWrapper(buffer, encoding="utf-8", write_through=True)
+                yield text
+                text.detach()
+            storage.path(path).write_bytes(buffer.getvalue())
+        return
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

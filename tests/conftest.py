@@ -53,3 +53,44 @@ def uninterrupted(store, tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("uninterrupted")
     subprocess.run(_main(workdir, store, *_LONG), cwd=REPO, env=_TWO_DEVICES, check=True, capture_output=True)
     return json.load(open(workdir / "metrics.json"))
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """gs://BUCKET of a Cloud Storage emulator on loopback (tests/gcs_emulator.py), for this session.
+
+    Sets STORAGE_EMULATOR_HOST for this process and the commands it starts;
+    TENSORSTORE_GCS_HTTP_URL is left for `aape_jax.storage` to derive from it.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("gcs_emulator.py")),
+                               str(port), "bucket"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if server.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the storage emulator did not start (exit {server.wait()})")
+    previous = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)
+    try:
+        yield "gs://bucket"
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def gcs_dir(gcs_bucket, request) -> str:
+    """A fresh gs:// folder of the emulator's bucket for one test."""
+    import uuid
+
+    return f"{gcs_bucket}/{request.node.name.split('[')[0]}-{uuid.uuid4().hex[:8]}"
