@@ -10,6 +10,10 @@ skipped on restore with a warning naming the step and the file; the newest
 step that restores is used. The damaged step stays where it is, for
 inspection, until this run saves its next checkpoint: then it is renamed to
 `<step>.damaged` (Orbax would otherwise skip every save at or below its step).
+
+The workdir may be a bucket folder (``gs://...``): Orbax writes the arrays
+through TensorStore's GCS driver and marks a finished step with a
+``commit_success.txt`` object instead of a rename (`aape_jax.storage`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from absl import logging
 
-from aape_jax import distributed
+from aape_jax import distributed, storage
 from aape_jax.errors import UserError, one_line
 
 DAMAGED_SUFFIX = ".damaged"
@@ -105,23 +109,23 @@ def reason(e: BaseException) -> str:
 
 def damaged_file(step_dir: str, e: BaseException) -> str | None:
     """The file of `step_dir` that most likely broke the restore, or None when it cannot tell."""
-    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+    sizes_of = {os.path.join(r, f): storage.path(os.path.join(r, f)).stat().length
+                for r, _, fs in storage.walk(step_dir) for f in fs}
     text = "\n".join(_messages(e))
     for path in _LOCAL_FILE.findall(text):
         if os.path.isfile(path) and os.path.abspath(path).startswith(os.path.abspath(step_dir)):
             return path
     sizes = {int(s) for s in _VALUE_SIZE.findall(text)}
-    by_size = [f for f in files if os.path.getsize(f) in sizes]
+    by_size = [f for f, size in sizes_of.items() if size in sizes]
     if len(by_size) == 1:
         return by_size[0]
-    for f in files:  # the JSON metadata files Orbax writes
+    for f in sizes_of:  # the JSON metadata files Orbax writes
         if os.path.basename(f) in _JSON_FILES:
             try:
-                with open(f, encoding="utf-8") as fh:
-                    json.load(fh)
+                json.loads(storage.read_text(f))
             except (OSError, ValueError):
                 return f
-    empty = [f for f in files if os.path.getsize(f) == 0]
+    empty = [f for f, size in sizes_of.items() if size == 0]
     return empty[0] if len(empty) == 1 else None
 
 
@@ -185,7 +189,9 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = storage.absolute(directory)
+        if storage.is_remote(self.directory):
+            storage.configure()  # before Orbax's first gs:// access
         self.damaged: dict[int, str] = {}
         with _quiet_orbax():
             self._manager = ocp.CheckpointManager(
@@ -223,12 +229,12 @@ class Checkpointer:
         if distributed.is_main_process():
             for step in sorted(self.damaged):
                 src = os.path.join(self.directory, str(step))
-                if not os.path.isdir(src):
+                if not storage.path(src).is_dir():
                     continue
                 dst, n = src + DAMAGED_SUFFIX, 1
-                while os.path.exists(dst):
+                while storage.path(dst).exists():
                     dst, n = f"{src}{DAMAGED_SUFFIX}.{n}", n + 1
-                os.rename(src, dst)
+                storage.move(src, dst)
                 logging.warning("checkpoint step %d (damaged: %s) kept for inspection as %s", step,
                                 self.damaged[step], dst)
         distributed.barrier("damaged checkpoints set aside")
@@ -324,8 +330,8 @@ class Checkpointer:
 
 def checkpoints_dir(workdir: str | os.PathLike) -> str:
     """WORKDIR/checkpoints; a `CheckpointError` when it does not exist (checked before slow work)."""
-    directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
-    if not os.path.isdir(directory):
+    directory = os.path.join(storage.absolute(workdir), "checkpoints")
+    if not storage.path(directory).is_dir():
         raise CheckpointError(f"no checkpoint in {directory}", hint="train first, or check the workdir")
     return directory
 

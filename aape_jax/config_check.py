@@ -29,6 +29,7 @@ from typing import Any
 
 from absl import logging
 
+from aape_jax import storage
 from aape_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -195,7 +196,7 @@ def _cross_field_problems(config: Any, task: str, device_count: int | None, bad:
         out.append(f"config.batch_size is {batch} (must be divisible by the {n} devices of the data axis; "
                    "set config.num_devices to use fewer)")
     if ("config.init" not in bad and isinstance(init, str) and init
-            and not os.path.isdir(os.path.join(init, "checkpoints"))):
+            and not storage.path(os.path.join(init, "checkpoints")).is_dir()):
         out.append(f"config.init is {init!r} (no checkpoints/ folder there: it must be the workdir of a run)")
     if task == "retrieval":
         primary, sets = _get(config, "eval_primary"), _get(config, "eval")
@@ -267,8 +268,8 @@ def changed_fields(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
 
 def latest_checkpoint_step(workdir: str) -> int | None:
     """The highest step under `workdir/checkpoints`; None when there is none."""
-    ckpts = os.path.join(workdir, "checkpoints")
-    steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
+    ckpts = storage.path(os.path.join(workdir, "checkpoints"))
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
     return max(steps, default=None)
 
 
@@ -284,13 +285,12 @@ def resume_record(config: Any, workdir: str, git: str) -> dict:
     current = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     record = {"config": current, "git": git, "history": []}
     results = [name for name, made in (("checkpoints", latest_checkpoint_step(workdir) is not None),
-                                       ("metrics", os.path.isfile(os.path.join(workdir, METRICS_FILE)))) if made]
+                                       ("metrics", storage.path(os.path.join(workdir, METRICS_FILE)).is_file())) if made]
     if not results:
         return record  # nothing was made with an earlier config (or there was none)
     path, what = os.path.join(workdir, CONFIG_FILE), " and ".join(results)
     try:
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
+        previous = json.loads(storage.read_text(path))
         if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
             raise ValueError("no 'config' object in it")
     except (OSError, ValueError) as e:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 
 import jax.numpy as jnp
 import ml_collections
@@ -11,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from aape_jax import clip as clip_lib
-from aape_jax import distributed, toyworld
+from aape_jax import distributed, storage, toyworld
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
 from aape_jax.data.feature_store import FeatureStore, extract_image_features
@@ -26,7 +28,7 @@ EXTRACT_BATCH = 32
 
 def load_clip(config: ml_collections.ConfigDict, workdir: str) -> FrozenCLIP:
     """The configured CLIP: a checkpoint, the toy world's pretrained one ("toyworld"), or a random one
-    written into the workdir when `config.clip` is empty."""
+    (`random_clip_dir`) when `config.clip` is empty."""
     dtype = jnp.dtype(config.clip_dtype)
     if config.clip == toyworld.CLIP_NAME:
         # Pretrained once per machine and cached (aape_jax.toyworld); process 0 first, so that
@@ -37,13 +39,39 @@ def load_clip(config: ml_collections.ConfigDict, workdir: str) -> FrozenCLIP:
         return clip_lib.load(path or toyworld.pretrained_clip(tokenizer_dir), dtype=dtype)
     if config.clip:
         return clip_lib.load(config.clip, dtype=dtype)
-    directory = os.path.join(workdir, "random_clip")
-    if not os.path.isfile(os.path.join(directory, "config.json")):
+    directory = random_clip_dir(workdir, config.random_clip_geometry)
+    if storage.is_remote(workdir):  # hosts share no disk: each writes its own (identical) copy
+        _write_random_clip(directory, config.random_clip_geometry)
+    elif not os.path.isfile(os.path.join(directory, "config.json")):
         if distributed.is_main_process():
-            logging.info("writing a randomly initialised %s CLIP to %s", config.random_clip_geometry, directory)
-            write_checkpoint(directory, config.random_clip_geometry, seed=0)
+            _write_random_clip(directory, config.random_clip_geometry)
         distributed.barrier("random clip written")
     return clip_lib.load(directory, dtype=dtype)
+
+
+def random_clip_dir(workdir: str, geometry: str) -> str:
+    """Where a run without `config.clip` keeps its random CLIP: WORKDIR/random_clip, or for a bucket
+    workdir this machine's cache (`toyworld.cache_root`), since CLIP loads from local files."""
+    if storage.is_remote(workdir):
+        return str(toyworld.cache_root() / "random_clip" / f"{geometry}-seed0")
+    return os.path.join(workdir, "random_clip")
+
+
+def _write_random_clip(directory: str, geometry: str) -> None:
+    """Writes the seed-0 random CLIP of `geometry` to `directory` unless it is there: into a temporary
+    folder renamed into place, so processes sharing a machine never read a half-written one."""
+    if os.path.isfile(os.path.join(directory, "config.json")):
+        return
+    logging.info("writing a randomly initialised %s CLIP to %s", geometry, directory)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=f".{os.path.basename(directory)}.")
+    write_checkpoint(tmp, geometry, seed=0)
+    try:
+        os.rename(tmp, directory)
+    except OSError:  # another process renamed its copy first (or a stale empty folder is there)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(directory, "config.json")):
+            raise
 
 
 def image_features(model: FrozenCLIP, store: FeatureStore, examples: list[Example], data_key: dict, *,

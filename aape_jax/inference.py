@@ -38,13 +38,14 @@ import numpy as np
 from absl import logging
 
 from aape_jax import clip as clip_lib
-from aape_jax import toyworld, zeroshot
+from aape_jax import atomic, storage, toyworld, zeroshot
 from aape_jax.checkpoint import ParamsMismatchError, checkpoints_dir, restore_trainable
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.model import CLIP
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tiny import GEOMETRIES
 from aape_jax.errors import ConfigError
+from aape_jax.frozen_stage import random_clip_dir
 from aape_jax.data.text_features import class_text
 from aape_jax.models.aape import AAPE, aape_config, init_params
 from aape_jax.models.heads import ClassPrefixCache, ClassText
@@ -58,12 +59,11 @@ MAX_CLASS_LISTS = 4
 
 
 def _read_run_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.path(os.path.join(workdir, "config.json"))
+    if not path.is_file():
         raise ConfigError(f"{path} not found: is {workdir} a training workdir?",
                           hint="pass the --workdir of a finished AAPE training run")
-    with open(path) as f:
-        return json.load(f)["config"]
+    return json.loads(storage.read_text(path))["config"]
 
 
 def _geometry(projection_dim: int, text_width: int) -> str:
@@ -126,7 +126,7 @@ class AAPEClassifier:
 
     @classmethod
     def load(cls, workdir: str | os.PathLike, clip: str | None = None, dtype: Any = None) -> AAPEClassifier:
-        """Loads the workdir's latest checkpoint and the CLIP it was trained on (or `clip`)."""
+        """Loads the workdir's (local or ``gs://``) latest checkpoint and the CLIP it was trained on (or `clip`)."""
         workdir = os.fspath(workdir)
         config = _read_run_config(workdir)
         method = config.get("method", "aape")
@@ -136,7 +136,7 @@ class AAPEClassifier:
                 "AAPEClassifier loads only method 'aape' runs",
                 hint="evaluate the other methods from their metrics.json, or pass the workdir of an AAPE run")
         checkpoints_dir(workdir)  # before CLIP is loaded (or the toy CLIP pretrained)
-        path = clip or config["clip"] or os.path.join(workdir, "random_clip")
+        path = clip or config["clip"] or random_clip_dir(workdir, config.get("random_clip_geometry", "tiny"))
         if path == toyworld.CLIP_NAME:
             path = toyworld.pretrained_clip(config.get("toyworld_tokenizer_dir") or None)
         frozen = clip_lib.load(path, dtype=jnp.dtype(dtype or config["clip_dtype"]))
@@ -216,7 +216,8 @@ class AAPEClassifier:
 
         Weights and the class list's cached text work (for suffix token runs,
         its prefix cache) are baked in as constants; `path` gets the StableHLO
-        artifact and `path + ".json"` the class names and preprocessing.
+        artifact and `path + ".json"` the class names and preprocessing (each written atomically; `path`
+        may be a bucket's, ``gs://``).
         """
         class_text, prefix_cache = self._class_list(class_names)
         r = self.clip.config.vision.image_size
@@ -224,10 +225,10 @@ class AAPEClassifier:
         (b,) = jax.export.symbolic_shape("b")
         exported = jax.export.export(fn)(jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32))
         path = os.fspath(path)
-        with open(path, "wb") as f:
+        with atomic.atomic_open(path, "wb") as f:
             f.write(exported.serialize())
-        with open(path + _EXPORT_META, "w") as f:
-            json.dump({"class_names": list(class_names), "transform": dataclasses.asdict(self.clip.transform)}, f)
+        atomic.write_json(path + _EXPORT_META, {"class_names": list(class_names),
+                                                "transform": dataclasses.asdict(self.clip.transform)}, indent=None)
 
 
 @dataclasses.dataclass
@@ -247,10 +248,8 @@ class ExportedClassifier:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExportedClassifier:
         path = os.fspath(path)
-        with open(path, "rb") as f:
-            exported = jax.export.deserialize(bytearray(f.read()))
-        with open(path + _EXPORT_META) as f:
-            meta = json.load(f)
+        exported = jax.export.deserialize(bytearray(storage.path(path).read_bytes()))
+        meta = json.loads(storage.read_text(path + _EXPORT_META))
         t = meta["transform"]
         transform = ImageTransform(t["resize"], t["crop_size"], tuple(t["mean"]), tuple(t["std"]))
         return cls(meta["class_names"], transform, exported)

@@ -19,6 +19,11 @@ A user mistake (a missing dataset root, a bad prompt file, a damaged
 checkpoint, a full disk: `aape_jax.errors`) is printed as a one-line error
 and hint, with exit code 2; the traceback is appended to WORKDIR/error.log, or
 printed with `--verbose`.
+
+`--workdir` (and `config.feature_store`, `config.init`) may be a Cloud Storage
+folder, ``gs://BUCKET/run``: every host reads and writes it there
+(`aape_jax.storage`); a missing bucket, missing credentials or a path that
+cannot be written is an error before any work.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aape_jax import distributed, errors
+from aape_jax import distributed, errors, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path:args)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and summaries")
@@ -51,12 +56,19 @@ def main(argv: list[str]) -> None:
         print("interrupted: rerun the same command to resume from the latest checkpoint", file=sys.stderr)
         sys.exit(distributed.INTERRUPTED_EXIT_CODE)
     except Exception as e:  # SystemExit (preemption: 75, Ctrl-C during training: 130) passes through
-        log_file = os.path.join(_WORKDIR.value, ERROR_LOG) if os.path.isdir(_WORKDIR.value) else None
-        code = errors.report(e, verbose=_VERBOSE.value, log_file=log_file, prog="error")
+        code = errors.report(e, verbose=_VERBOSE.value, log_file=_error_log(_WORKDIR.value), prog="error")
         if code is None:
             raise
         logging.flush()
         sys.exit(code)
+
+
+def _error_log(workdir: str) -> str | None:
+    """WORKDIR/error.log (a bucket's too) when the workdir exists; None otherwise."""
+    try:
+        return os.path.join(workdir, ERROR_LOG) if storage.path(workdir).is_dir() else None
+    except Exception:  # noqa: BLE001 - e.g. no credentials for a bucket: report the error without a log
+        return None
 
 
 def _main(argv: list[str]) -> None:

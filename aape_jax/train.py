@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import distributed, evaluate, methods, sharding, trainer
+from aape_jax import distributed, evaluate, methods, sharding, storage, trainer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data import protocol, synthetic
 from aape_jax.data import toyworld as toyworld_data
@@ -55,7 +55,7 @@ def dataset_identity(config: ml_collections.ConfigDict, name: str) -> dict:
                 "test": d.synthetic_test_per_class}
     if name in toyworld_data.TASKS:
         return {"name": name, "world": toyworld_data.task_fingerprint(name)}
-    return {"name": name, "root": os.path.abspath(d.root) if d.root else "", "source": d.source}
+    return {"name": name, "root": storage.absolute(d.root) if d.root else "", "source": d.source}
 
 
 def class_prompts(config: ml_collections.ConfigDict, dataset: str, classnames: list[str], workdir: str,
@@ -92,8 +92,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     made with). `num_epochs == 0` evaluates without training
     (`trainer.evaluation_params`); no training images are encoded then.
     """
-    workdir = os.path.abspath(workdir)
+    workdir = storage.absolute(workdir)
     record = trainer.prepare_workdir(config, workdir)
+    if config.feature_store:
+        storage.check_writable(config.feature_store, "config.feature_store")
     mesh = sharding.make_mesh(config.num_devices or None)
     sharding.check_divisible(config.batch_size, mesh)
     store = FeatureStore(config.feature_store or os.path.join(workdir, "feature_store"))

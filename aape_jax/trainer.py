@@ -36,7 +36,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from aape_jax import atomic, config_check, distributed, sharding
+from aape_jax import atomic, config_check, distributed, sharding, storage
 from aape_jax.checkpoint import Checkpointer, restore_trainable
 from aape_jax.errors import ConfigError
 
@@ -97,8 +97,13 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Every process stops when any finds the workdir made with another config
     (`config_check.resume_record`), so that none waits for the others.
+
+    Raises:
+      StorageError: the workdir (a local folder or ``gs://``) cannot be written.
+      ConfigError: a bad config value, or a workdir made with another config.
     """
     config_check.validate(config)
+    storage.check_writable(workdir, "--workdir")
     drift: ConfigError | None = None
     try:
         record = config_check.resume_record(config, workdir, git_revision())
@@ -106,7 +111,6 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
         drift = e
     if distributed.any_process(drift is not None):
         raise drift or ConfigError(f"another process found that {workdir} was made with a different config")
-    os.makedirs(workdir, exist_ok=True)
     if distributed.is_main_process():
         atomic.write_json(os.path.join(workdir, config_check.CONFIG_FILE), record)
     return record

@@ -13,7 +13,8 @@ import ml_collections
 def add_frozen_clip(config: ml_collections.ConfigDict, clip: str) -> None:
     """`config.clip`, `toyworld_tokenizer_dir`, `random_clip_geometry`, `clip_dtype`."""
     # Frozen CLIP: an HF-format directory or hub id. Empty: a random CLIP of
-    # `random_clip_geometry` is written to WORKDIR/random_clip and loaded from there.
+    # `random_clip_geometry` is written to WORKDIR/random_clip (for a gs:// workdir: to the local
+    # cache, aape_jax.frozen_stage.random_clip_dir) and loaded from there.
     # "toyworld": the toy world's small CLIP, pretrained once per machine (aape_jax.toyworld).
     config.clip = clip
     config.toyworld_tokenizer_dir = ""  # the real CLIP vocabulary for "toyworld" (empty: aape_jax.toyworld's search)

@@ -25,6 +25,10 @@ on it:
   rest, on the same batch grid, so the entry is bit-identical to an
   uninterrupted extraction. The folder is removed once the entry is saved.
 * Files get the user's umask (0644 by default), folders 0755 (`aape_jax.atomic`).
+* The store may be a bucket folder (``gs://...``, `aape_jax.storage`): an
+  entry is one object, uploaded whole once complete (`aape_jax.atomic`), so a
+  killed writer leaves the chunks it had saved and no entry; the checks above
+  still catch an object damaged another way.
 """
 
 from __future__ import annotations
@@ -35,10 +39,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import io
 import os
-import pathlib
 import re
-import shutil
 import threading
 import time
 import zipfile
@@ -48,9 +51,10 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from tqdm import tqdm
 
-from aape_jax import atomic, distributed
+from aape_jax import atomic, distributed, storage
 from aape_jax.clip.preprocess import ImageTransform, eval_transform, train_augment
 from aape_jax.data.types import Example
 
@@ -181,13 +185,13 @@ class FeatureStore:
     """A directory of ``<kind>-<fingerprint[:16]>.npz`` entries.
 
     Attributes:
-      root: the directory (created on first save).
+      root: the directory (created on first save), local or a bucket's.
     """
 
     def __init__(self, root: str | os.PathLike):
-        self.root = pathlib.Path(root)
+        self.root = storage.path(root)
 
-    def path(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path:
+    def path(self, kind: str, key: Mapping[str, Any]) -> epath.Path:
         """Where the entry for (kind, key) lives; `kind` names the file family."""
         if not kind or not all(c.isalnum() or c in "_." for c in kind):
             # kind becomes part of a file name, and "-" separates it from the digest.
@@ -201,7 +205,9 @@ class FeatureStore:
             return None
         want_key = _canonical_json(key)
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            # A bucket's object is read whole: np.load's zip reader would make one request per seek.
+            source = io.BytesIO(path.read_bytes()) if storage.is_remote(path) else path
+            with np.load(source, allow_pickle=False) as npz:
                 names = set(npz.files)
                 if _COMPLETE not in names:
                     return _unusable(path, "no __complete__ marker (interrupted write?)")
@@ -227,7 +233,7 @@ class FeatureStore:
                 return _unusable(path, f"array {name!r} fails its sha256 checksum (corrupt)")
         return arrays
 
-    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
+    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> epath.Path:
         """Writes the entry atomically and returns its path."""
         path = self.path(kind, key)
         arrays = _check_arrays(arrays, path)
@@ -236,7 +242,8 @@ class FeatureStore:
                    _COMPLETE: np.array(True)}
         with atomic.atomic_open(path, "wb") as f:
             np.savez(f, **payload)
-        _fsync_dir(path.parent)
+        if not storage.is_remote(path):
+            _fsync_dir(path.parent)
         return path
 
     def get_or_compute(
@@ -248,8 +255,8 @@ class FeatureStore:
         """The stored arrays, or `compute()`'s result after saving it.
 
         With several processes, process 0 computes and writes the entry once;
-        the others wait for it and read it (the store must be on a filesystem
-        every host sees).
+        the others wait for it and read it (the store must be a bucket or a
+        filesystem every host sees).
         """
         path = self.path(kind, key)
         if distributed.is_main_process():
@@ -309,7 +316,7 @@ class FeatureStore:
             distributed.barrier(f"feature store merged {path.name}")
         return self._load_written_by_main(kind, key)
 
-    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path:
+    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> epath.Path:
         """The folder of the resumable chunks of the entry (kind, key)."""
         path = self.path(kind, key)
         return path.with_name(path.stem + ".partial")
@@ -324,20 +331,20 @@ class FeatureStore:
             _ACTIVE_CHUNKS.reset(token)
 
     def _remove_partial(self, kind: str, key: Mapping[str, Any]) -> None:
-        shutil.rmtree(self.partial_dir(kind, key), ignore_errors=True)
+        storage.rmtree(self.partial_dir(kind, key))
 
     def _load_written_by_main(self, kind: str, key: Mapping[str, Any]) -> dict[str, np.ndarray]:
         found = self.load(kind, key)
         if found is None:
             raise RuntimeError(
                 f"{self.path(kind, key)} was written by process 0 but this process (index "
-                f"{jax.process_index()}) cannot read it: the feature store {self.root} must be on a "
-                "filesystem every host sees"
+                f"{jax.process_index()}) cannot read it: the feature store {self.root} must be a bucket "
+                "(gs://...) or on a filesystem every host sees"
             )
         return found
 
 
-def _check_arrays(arrays: Mapping[str, Any], path: pathlib.Path) -> dict[str, np.ndarray]:
+def _check_arrays(arrays: Mapping[str, Any], path: epath.Path) -> dict[str, np.ndarray]:
     out = {}
     for name, a in arrays.items():
         if not isinstance(name, str) or not name or name.startswith("__"):
@@ -349,7 +356,7 @@ def _check_arrays(arrays: Mapping[str, Any], path: pathlib.Path) -> dict[str, np
     return out
 
 
-def _unusable(path: pathlib.Path, why: str) -> None:
+def _unusable(path: epath.Path, why: str) -> None:
     logging.warning("feature store: ignoring %s: %s; it will be recomputed", path, why)
 
 
@@ -357,7 +364,7 @@ def _short(s: str, n: int = 200) -> str:
     return s if len(s) <= n else s[:n] + "..."
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
+def _fsync_dir(directory: epath.Path) -> None:
     """Makes the rename durable; best effort (not every OS/file system allows it)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -378,7 +385,7 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 class _Chunks:
     """Where an entry's extraction keeps its finished batches, and the entry's fingerprint."""
 
-    directory: pathlib.Path
+    directory: epath.Path
     entry: str
 
 
@@ -408,7 +415,7 @@ class _ChunkLog:
         found: dict[int, np.ndarray] = {}
         if not self.store.root.is_dir():
             return found
-        for name in sorted(os.listdir(self.store.root)):
+        for name in sorted(p.name for p in self.store.root.iterdir()):
             m = _CHUNK_NAME.match(name)
             if not m:
                 continue

@@ -19,16 +19,16 @@ can be exercised on this dataset too.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+from etils import epath
 
+from aape_jax import atomic, storage
 from aape_jax.data.types import Example, ImageDataset
 
 __all__ = ["COLORS", "SHAPES", "CLASSNAMES", "MAX_CLASSES", "make_dataset", "class_descriptions",
@@ -280,9 +280,7 @@ def class_descriptions(classnames: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def write_class_descriptions(path: str | os.PathLike, classnames: Sequence[str]) -> pathlib.Path:
+def write_class_descriptions(path: str | os.PathLike, classnames: Sequence[str]) -> epath.Path:
     """Writes :func:`class_descriptions` as CuPL JSON to `path`; returns the path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(class_descriptions(classnames), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    atomic.write_json(path, class_descriptions(classnames))
+    return storage.path(path)

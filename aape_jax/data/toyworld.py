@@ -42,7 +42,9 @@ import subprocess
 import sys
 import numpy as np
 import PIL.Image
+from etils import epath
 
+from aape_jax import atomic, storage
 from aape_jax.data import synthetic
 from aape_jax.data.synthetic import draw_shape
 from aape_jax.data.types import Example, ImageDataset
@@ -367,12 +369,10 @@ def task_descriptions(name: str) -> dict[str, list[str]]:
     return out
 
 
-def write_task_descriptions(path: str | os.PathLike, name: str) -> pathlib.Path:
+def write_task_descriptions(path: str | os.PathLike, name: str) -> epath.Path:
     """Writes :func:`task_descriptions` as CuPL JSON to `path`; returns the path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(task_descriptions(name), indent=2) + "\n", encoding="utf-8")
-    return path
+    atomic.write_json(path, task_descriptions(name))
+    return storage.path(path)
 
 
 def content_key(scene: Scene) -> tuple:
