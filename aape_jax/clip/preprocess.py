@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from aape_jax import storage
+
 __all__ = [
     "ImageLike",
     "ImageTransform",
@@ -116,14 +118,13 @@ class ImageTransform:
             where = "<preprocessor config dict>"
         else:
             path = os.fspath(path_or_dict)
-            if os.path.isdir(path):
+            if storage.path(path).is_dir():
                 path = os.path.join(path, PREPROCESSOR_CONFIG_NAME)
-            if not os.path.exists(path):
+            if not storage.path(path).exists():
                 return cls.openai(image_size)
             where = path
             try:
-                with open(path, encoding="utf-8") as f:
-                    cfg = json.load(f)
+                cfg = json.loads(storage.read_text(path))
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(f"{where}: cannot read preprocessor config: {e}") from e
             if not isinstance(cfg, Mapping):
@@ -224,15 +225,15 @@ def load_image(image: ImageLike) -> PIL.Image.Image:
 
 def _open_rgb(path: str | os.PathLike) -> PIL.Image.Image:
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise FileNotFoundError(f"image file not found: {p}")
     try:
-        # The context manager closes the file handle; convert() forces the full
-        # decode, so truncated files fail here, with the path, not later.
-        with PIL.Image.open(p) as im:
+        # The context managers close the file (local or a bucket's, aape_jax.storage);
+        # convert() forces the full decode, so truncated files fail here, with the path, not later.
+        with storage.path(p).open("rb") as f, PIL.Image.open(f) as im:
             rgb = _to_rgb(im)
             # close() invalidates the image itself, so an already-RGB file needs a copy.
             return rgb.copy() if rgb is im else rgb
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {p}") from None
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
         raise ValueError(f"cannot decode image file {p}: {e}") from e
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from aape_jax import atomic
+from aape_jax import atomic, storage
 from aape_jax.clip.preprocess import ImageLike
+from aape_jax.data.folder import list_entries
 from aape_jax.data.types import Example
 
 __all__ = [
@@ -112,7 +113,8 @@ def read_karpathy(annotations: str | os.PathLike, image_root: str | os.PathLike,
       annotations: `dataset_coco.json` or `dataset_flickr30k.json`.
       image_root: COCO: the folder holding `train2014/` and `val2014/`;
         Flickr30k: the folder holding the `.jpg` files.
-      check_files: check that every image file exists (one `stat` per image).
+      check_files: check that every image file exists (one `stat` per image; on a bucket one listing
+        per image folder).
       name: dataset name (default: the file's "dataset" field).
 
     Raises:
@@ -122,7 +124,7 @@ def read_karpathy(annotations: str | os.PathLike, image_root: str | os.PathLike,
     """
     path = os.fspath(annotations)
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_text(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON: {e}") from e
@@ -132,6 +134,20 @@ def read_karpathy(annotations: str | os.PathLike, image_root: str | os.PathLike,
     seen: set[str] = set()
     uncaptioned: list[str] = []
     missing: list[str] = []
+    listed: dict[str, set[str]] = {}  # bucket folder -> the names of its files
+
+    def is_file(full: str) -> bool:
+        if not storage.is_remote(full):
+            return os.path.isfile(full)
+        # A request per image would take hours for COCO's 123k; its two folders are listed once instead.
+        folder, name = os.path.split(full)
+        if folder not in listed:
+            try:
+                listed[folder] = set(list_entries(folder)[1])
+            except FileNotFoundError:
+                listed[folder] = set()
+        return name in listed[folder]
+
     for i, image in enumerate(data["images"]):
         where = f"{path}: images[{i}]"
         if not isinstance(image, dict) or not isinstance(image.get("filename"), str):
@@ -151,7 +167,7 @@ def read_karpathy(annotations: str | os.PathLike, image_root: str | os.PathLike,
             uncaptioned.append(key)
             continue
         full = os.path.join(os.fspath(image_root), key)
-        if check_files and not os.path.isfile(full):
+        if check_files and not is_file(full):
             missing.append(full)
         splits[KARPATHY_SPLITS[split]].append(CaptionedImage(image=full, captions=captions, key=key))
     if uncaptioned:
@@ -209,7 +225,7 @@ def captioned_images_from_records(records: Iterable[Mapping[str, Any]], source: 
             target = os.path.join(os.fspath(image_dir), filename)
             if not encoded:
                 target = os.path.splitext(target)[0] + ".png"
-            if not os.path.isfile(target):
+            if not storage.path(target).is_file():
                 with atomic.atomic_open(target, "wb") as f:
                     if encoded:
                         f.write(bytes(image))

@@ -34,15 +34,19 @@ checked up front, and a ``FileNotFoundError`` names the dataset and the exact
 path expected.  The images themselves are *not* stat'ed eagerly (SUN397 alone
 has ~40k of them): a missing image surfaces when it is opened, and the image
 loader's error names its path.
+
+``ROOT`` may be a bucket folder (``gs://...``, :mod:`aape_jax.storage`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
+from etils import epath
+
+from aape_jax import storage
 from aape_jax.errors import DataError
 from aape_jax.data.types import Example, ImageDataset
 
@@ -75,7 +79,7 @@ COOP_DATASETS: tuple[str, ...] = tuple(SPLIT_FILE_DATASETS) + ("fgvc_aircraft",)
 _SPLITS = ("train", "val", "test")
 
 
-def _require(path: pathlib.Path, what: str, dataset: str, *, is_dir: bool) -> None:
+def _require(path: epath.Path, what: str, dataset: str, *, is_dir: bool) -> None:
     if not (path.is_dir() if is_dir else path.is_file()):
         kind = "folder" if is_dir else "file"
         raise DataError(
@@ -86,9 +90,9 @@ def _require(path: pathlib.Path, what: str, dataset: str, *, is_dir: bool) -> No
         )
 
 
-def _dataset_dirs(root: str | os.PathLike, name: str, ddir: str, idir: str) -> tuple[pathlib.Path, pathlib.Path]:
+def _dataset_dirs(root: str | os.PathLike, name: str, ddir: str, idir: str) -> tuple[epath.Path, epath.Path]:
     """Checks that the data root, ``ROOT/ddir`` and ``ROOT/ddir/idir`` are folders; returns the last two."""
-    root = pathlib.Path(root)
+    root = storage.path(root)
     _require(root, "data root", name, is_dir=True)
     _require(root / ddir, "dataset", name, is_dir=True)
     _require(root / ddir / idir, "image", name, is_dir=True)
@@ -117,12 +121,12 @@ def read_split_file(
       ValueError: malformed file, a label with two different names, or labels
         that are not ``0..n-1``; the message names the file.
     """
-    split_file = pathlib.Path(split_file)
-    image_dir = pathlib.Path(image_dir)
+    split_file = storage.path(split_file)
+    image_dir = storage.path(image_dir)
     label = dataset or split_file.name
     _require(split_file, "split", label, is_dir=False)
     try:
-        data = json.loads(split_file.read_text(encoding="utf-8"))
+        data = json.loads(storage.read_text(split_file))
     except json.JSONDecodeError as e:
         raise ValueError(f"{label}: {split_file} is not valid JSON: {e}") from e
     if not isinstance(data, Mapping) or not any(s in data for s in _SPLITS):
@@ -198,9 +202,7 @@ def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
     ddir, image_dir = _dataset_dirs(root, name, FGVC_DIR, "images")
     variants_file = ddir / "variants.txt"
     _require(variants_file, "class-name (variants.txt)", name, is_dir=False)
-    classnames = [
-        ln.strip() for ln in variants_file.read_text(encoding="utf-8").splitlines() if ln.strip()
-    ]
+    classnames = [ln.strip() for ln in storage.read_text(variants_file).splitlines() if ln.strip()]
     if len(set(classnames)) != len(classnames):
         raise ValueError(f"{name}: {variants_file} lists a variant twice")
     lab = {c: i for i, c in enumerate(classnames)}
@@ -210,7 +212,7 @@ def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
         f = ddir / f"images_variant_{split}.txt"
         _require(f, f"{split} split", name, is_dir=False)
         out: list[Example] = []
-        for lineno, ln in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, ln in enumerate(storage.read_text(f).splitlines(), 1):
             ln = ln.strip()
             if not ln:
                 continue

@@ -19,50 +19,87 @@ Images are files with one of :data:`IMAGE_EXTENSIONS` (any case) directly in a
 class folder; hidden files and sub-folders are ignored.  Labels are class
 indices in sorted folder-name order; class names are the folder names.
 ``Example.image`` is the absolute path, ``Example.key`` the path relative to
-`root` (POSIX separators).
+`root` (POSIX separators).  `root` may be a bucket folder (``gs://...``,
+:mod:`aape_jax.storage`); a "folder" there is a name prefix other objects share.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from etils import epath
 
+from aape_jax import storage
 from aape_jax.data.types import Example, ImageDataset
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "list_class_dirs", "class_examples", "load_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "list_entries", "list_images", "list_class_dirs", "class_images",
+           "class_examples", "load_folder"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
 )
 
 
-def list_images(directory: str | os.PathLike) -> list[pathlib.Path]:
-    """Image files directly in `directory`, sorted by name (hidden files skipped)."""
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def list_entries(directory: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Names of the (sub-folders, files) directly in `directory`, from one listing: no stat or request per entry."""
+    if storage.is_remote(directory):
+        # A bucket listing tells folders (shared name prefixes) from objects; the walk lists the top folder
+        # first and descends only when asked for more.
+        try:
+            _, dirs, files = next(storage.path(directory).walk(on_error=_raise))
+        except FileNotFoundError:  # named as os.scandir names it (gcsfs names its request URL)
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(directory)) from None
+        return dirs, files
     with os.scandir(directory) as it:
-        out = [pathlib.Path(e.path) for e in it if not e.name.startswith(".")
-               and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()]
-    return sorted(out, key=lambda p: p.name)
+        entries = list(it)
+    return [e.name for e in entries if e.is_dir()], [e.name for e in entries if e.is_file()]
+
+
+def _image_names(directory: str | os.PathLike) -> list[str]:
+    """Sorted names of the image files directly in `directory` (hidden files skipped)."""
+    return sorted(name for name in list_entries(directory)[1]
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def list_images(directory: str | os.PathLike) -> list[epath.Path]:
+    """Image files directly in `directory`, sorted by name (hidden files skipped)."""
+    directory = storage.path(directory)
+    return [directory / name for name in _image_names(directory)]
 
 
 def list_class_dirs(directory: str | os.PathLike) -> list[str]:
     """Sorted names of the non-hidden sub-folders of `directory`."""
-    with os.scandir(directory) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    return sorted(name for name in list_entries(directory)[0] if not name.startswith("."))
 
 
-def class_examples(directory: pathlib.Path, labels: Mapping[str, int], key_root: pathlib.Path,
-                   unknown: Callable[[pathlib.Path], str]) -> list[Example]:
+def class_images(directory: epath.Path, cname: str, label: int, key_root: epath.Path) -> list[Example]:
+    """The images of ``directory/cname`` (sorted by name), labelled `label`, keyed by their path relative to
+    `key_root` (`directory` or a folder above it)."""
+    folder = directory / cname
+    # Joined as strings: an epath join and relative_to per image would make ImageNet's 1.28M images take
+    # three times as long to list.  `folder` is never ".", so the strings are those of the joined paths.
+    prefix, key = str(folder), folder.relative_to(key_root).as_posix()
+    return [Example(image=os.path.join(prefix, name), label=label, key=f"{key}/{name}")
+            for name in _image_names(folder)]
+
+
+def class_examples(directory: epath.Path, labels: Mapping[str, int], key_root: epath.Path,
+                   unknown: Callable[[epath.Path], str]) -> list[Example]:
     """The images of each class sub-folder of `directory`, labelled ``labels[folder name]`` and keyed by
     their path relative to `key_root`; a folder `labels` lacks raises ``ValueError(unknown(folder))``."""
     out: list[Example] = []
     for cname in list_class_dirs(directory):
         if cname not in labels:
             raise ValueError(unknown(directory / cname))
-        out.extend(Example(image=str(p), label=labels[cname], key=p.relative_to(key_root).as_posix())
-                   for p in list_images(directory / cname))
+        out.extend(class_images(directory, cname, labels[cname], key_root))
     return out
 
 
@@ -85,7 +122,8 @@ def load_folder(
       ValueError: no class folders, no images at all, or a bad `test_fraction`;
         the message names `root`.
     """
-    root = pathlib.Path(root).absolute()
+    # A local root keeps pathlib's absolute(), which leaves ".." for the OS to resolve (through symlinks).
+    root = storage.path(root if storage.is_remote(root) else pathlib.Path(root).absolute())
     if not root.is_dir():
         raise FileNotFoundError(f"image-folder dataset: {root} is not a folder")
     if not 0.0 <= test_fraction <= 1.0:
@@ -98,7 +136,7 @@ def load_folder(
             raise ValueError(f"{name}: no class folders in {root / 'train'}")
         classes = {c: i for i, c in enumerate(classnames)}
 
-        def unknown(folder: pathlib.Path) -> str:
+        def unknown(folder: epath.Path) -> str:
             return f"{folder}: class folder {folder.name!r} is not among the classes of {root / 'train'}"
 
         train = class_examples(root / "train", classes, root, unknown)
@@ -113,15 +151,14 @@ def load_folder(
             )
         train, val, test = [], [], []
         for label, cname in enumerate(classnames):
-            files = list_images(root / cname)
-            n = len(files)
+            examples = class_images(root, cname, label, root)
+            n = len(examples)
             n_test = int(round(n * test_fraction))
             if n >= 2 and 0.0 < test_fraction < 1.0:
                 n_test = min(max(n_test, 1), n - 1)
             order = np.random.default_rng([seed, label]).permutation(n)
             test_idx = set(int(i) for i in order[:n_test])
-            for i, p in enumerate(files):
-                ex = Example(image=str(p), label=label, key=p.relative_to(root).as_posix())
+            for i, ex in enumerate(examples):
                 (test if i in test_idx else train).append(ex)
     if not train and not test:
         raise ValueError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")

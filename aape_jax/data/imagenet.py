@@ -34,16 +34,19 @@ Files that are not folders (e.g. ImageNet-A's ``README.txt``) are skipped; a
 class folder whose name is not a known wnid is an error.  Folder trees are
 listed eagerly (one ``scandir`` per class), images are not opened or checked:
 a broken image surfaces when it is loaded, and the loader's error names it.
+The data root may be a bucket folder (``gs://...``, :mod:`aape_jax.storage`).
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 
+from etils import epath
+
+from aape_jax import storage
 from aape_jax.data import classnames as _classnames
 from aape_jax.data.classnames import imagenet_subset, imagenet_wnids
-from aape_jax.data.folder import class_examples, list_class_dirs, list_images
+from aape_jax.data.folder import class_examples, class_images, list_class_dirs
 from aape_jax.data.types import Example, ImageDataset
 
 __all__ = [
@@ -74,11 +77,11 @@ def read_wnid_classnames(path: str | os.PathLike) -> tuple[list[str], list[str]]
       FileNotFoundError: no such file (the message names it).
       ValueError: a line without a name, or a repeated wnid.
     """
-    path = pathlib.Path(path)
+    path = storage.path(path)
     if not path.is_file():
         raise FileNotFoundError(f"imagenet: expected the class-name file at {path}")
     table: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(storage.read_text(path).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -93,7 +96,7 @@ def read_wnid_classnames(path: str | os.PathLike) -> tuple[list[str], list[str]]
     return wnids, [table[w] for w in wnids]
 
 
-def _wnid_examples(folder: pathlib.Path, wnids: list[str], dataset: str, key_root: pathlib.Path) -> list[Example]:
+def _wnid_examples(folder: epath.Path, wnids: list[str], dataset: str, key_root: epath.Path) -> list[Example]:
     index = {w: i for i, w in enumerate(wnids)}
     return class_examples(folder, index, key_root, lambda d: (
         f"{dataset}: folder {d} is not an ImageNet class (not among the {len(index)} known wnids)"))
@@ -101,7 +104,7 @@ def _wnid_examples(folder: pathlib.Path, wnids: list[str], dataset: str, key_roo
 
 def load_imagenet(root: str | os.PathLike) -> ImageDataset:
     """ImageNet from ``ROOT/imagenet`` (CoOp layout; see the module docstring)."""
-    root = pathlib.Path(root)
+    root = storage.path(root)
     ddir = root / "imagenet"
     images = ddir / "images"
     for p, what in ((root, "data root"), (ddir, "dataset"), (images / "train", "train image"),
@@ -119,7 +122,7 @@ def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
     """A test-only ImageNet variant, labelled in ImageNet's 1000 classes."""
     if name not in VARIANT_DIRS:
         raise KeyError(f"unknown ImageNet variant {name!r}; known: {', '.join(VARIANT_DIRS)}")
-    root = pathlib.Path(root)
+    root = storage.path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{name}: expected the data root folder at {root}")
     folder = next((root / c for c in VARIANT_DIRS[name] if (root / c).is_dir()), None)
@@ -139,8 +142,7 @@ def load_imagenet_variant(name: str, root: str | os.PathLike) -> ImageDataset:
                 raise ValueError(
                     f"{name}: folder {folder / d} should be a label index 0..{len(names) - 1}"
                 )
-            for p in list_images(folder / d):
-                test.append(Example(image=str(p), label=int(d), key=p.relative_to(folder).as_posix()))
+            test.extend(class_images(folder, d, int(d), folder))
     else:
         test = _wnid_examples(folder, wnids, name, folder)
     return ImageDataset(name=name, classnames=names, train=[], val=[], test=test)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
-from aape_jax import atomic
+from aape_jax import atomic, storage
 from aape_jax.data.types import Example
 from aape_jax.errors import UserError
 
@@ -136,8 +136,8 @@ def few_shot_cached(
     it exists, its entries are looked up by key in `examples` and returned in
     file order, even if `shots` / `seed` would now draw differently: the file
     is the source of truth.  Otherwise the sample is drawn and written
-    atomically (temp file + ``os.replace``), so a crash or a concurrent run
-    never leaves a half-written file.
+    atomically (:mod:`aape_jax.atomic`; `cache_path` may be a bucket's), so a
+    crash or a concurrent run never leaves a half-written file.
 
     A damaged file (unreadable, not JSON, not of that shape, e.g. truncated) is
     logged and rebuilt like a damaged feature-store entry: the draw depends only
@@ -148,7 +148,7 @@ def few_shot_cached(
         `examples`, or labels that disagree with theirs (it belongs to other
         data; delete it to resample).
     """
-    path = pathlib.Path(cache_path)
+    path = storage.path(cache_path)
     if path.exists():
         try:
             return _read_cache(path, examples)
@@ -169,9 +169,9 @@ class ForeignCacheError(UserError, ValueError):
     hint = "delete the file to draw the shots again (other runs that used it trained on the old draw)"
 
 
-def _read_cache(path: pathlib.Path, examples: Sequence[Example]) -> list[Example]:
+def _read_cache(path: epath.Path, examples: Sequence[Example]) -> list[Example]:
     try:
-        pairs = [(str(k), int(y)) for k, y in json.loads(path.read_text(encoding="utf-8"))["train"]]
+        pairs = [(str(k), int(y)) for k, y in json.loads(storage.read_text(path))["train"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _DamagedCache(
             f"not a few-shot cache file ({{\"train\": [[key, label], ...]}}): {type(e).__name__}: {e}"

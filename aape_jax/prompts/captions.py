@@ -3,6 +3,7 @@
 Both readers return {image key: [caption, ...]} with images in file order and each
 image's captions stripped, without empties or exact repeats. The image key is COCO's
 `file_name`, or the JSONL `image` field, to be joined with the dataset's image root.
+The files may be local or a bucket's (``gs://``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from aape_jax import storage
+
 
 # Longest list of offending items an error message spells out.
 _MAX_LISTED = 20
@@ -42,7 +46,7 @@ def read_coco_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
         caption whose `image_id` is not among the images (the ids are listed), or
         images left without a caption (listed).
     """
-    with open(path, encoding="utf-8") as f:
+    with storage.open_text(path) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
@@ -83,7 +87,7 @@ def read_jsonl_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
         object; naming `path` and listing images left without any caption.
     """
     raw: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
+    with storage.open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

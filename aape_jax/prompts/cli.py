@@ -43,7 +43,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aape_jax import errors
+from aape_jax import errors, storage
 from aape_jax.prompts.aliases import aliases_for
 from aape_jax.prompts.cupl import read_class_descriptions
 from aape_jax.prompts.matching import MissingPromptsError, match_classes
@@ -66,7 +66,7 @@ def _fail(label: str | None, message: str, key: str = "dataset") -> int:
 def read_classname_lines(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a text file, one a line (stripped; blank lines skipped), in order."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_text(path) as f:
             names = [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read class-name file {path}: {e}") from e
@@ -97,7 +97,7 @@ def _classes(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 def _read_user_aliases(path: str) -> dict[str, str]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_text(path) as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"cannot read aliases file {path}: {e}") from e
@@ -167,7 +167,7 @@ def run_generate(args: argparse.Namespace) -> int:
         questions = gen.read_questions(args.questions) if args.questions else list(gen.CUPL_QUESTIONS)
         if args.per_question < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
             raise UsageError("--per-question and --max-new-tokens must be >= 1 and --temperature > 0")
-        existing = read_class_descriptions(args.out) if os.path.exists(args.out) else {}
+        existing = read_class_descriptions(args.out) if storage.path(args.out).exists() else {}
         todo = [c for c in dict.fromkeys(names) if c not in existing]
         model = tokenizer = None
         if todo:  # nothing to load when the output already covers every class

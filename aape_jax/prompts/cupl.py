@@ -13,6 +13,7 @@ from typing import Any
 
 from absl import logging
 
+from aape_jax import storage
 from aape_jax.errors import PromptFileError
 
 
@@ -28,7 +29,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_class_descriptions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """Read a CuPL-format file into {class key: sentences}, keys in file order.
+    """Read a CuPL-format file (local or ``gs://``) into {class key: sentences}, keys in file order.
 
     Sentences are stripped; empty ones are dropped; exact repeats within a class
     (common in the published files) are kept once, at their first position. A key
@@ -42,7 +43,7 @@ def read_class_descriptions(path: str | os.PathLike[str]) -> dict[str, list[str]
         object, repeats a key, or maps a key to something other than a list of strings.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_text(path) as f:
             try:
                 data = json.load(f, object_pairs_hook=_reject_duplicate_keys)
             except json.JSONDecodeError as e:

@@ -21,8 +21,9 @@ per ImageNet class and kept each completion, newlines removed, with a "." append
     asked as "car side"); the output keys are the class names exactly as given.
 
 `write_descriptions` adds the file handling of `python -m aape_jax.prompts generate`:
-resume from an existing output, and an atomic rewrite (temp file + os.replace) after
-every class, so an interrupted run loses at most the class in progress.
+resume from an existing output, and an atomic rewrite (`aape_jax.atomic`: temp file +
+os.replace, or one upload to a bucket) after every class, so an interrupted run loses
+at most the class in progress.
 
 torch and transformers are imported only here, only when generating (they are test
 dependencies of the package, not runtime ones).
@@ -40,7 +41,7 @@ from typing import Any
 from absl import logging
 from tqdm import tqdm
 
-from aape_jax import atomic, hub
+from aape_jax import atomic, hub, storage
 from aape_jax.prompts.cupl import read_class_descriptions
 
 # The five questions of CuPL's generate_image_prompts.py, in its order. "{}" is the class
@@ -84,7 +85,7 @@ def read_questions(path: str | os.PathLike[str]) -> list[str]:
     Raises:
       ValueError: naming `path` when it holds no question, or a line lacks exactly one "{}".
     """
-    with open(path, encoding="utf-8") as f:
+    with storage.open_text(path) as f:
         questions = [q for q in map(str.strip, f) if q and not q.startswith("#")]
     if not questions:
         raise ValueError(f"{path}: holds no questions")
@@ -197,7 +198,7 @@ def write_descriptions(
     classes = list(dict.fromkeys(classnames))
     if not classes:
         raise ValueError("no class names given")
-    result = read_class_descriptions(out) if os.path.exists(out) else {}
+    result = read_class_descriptions(out) if storage.path(out).exists() else {}
     todo = [c for c in classes if c not in result]
     if result:
         logging.info("%s: %d of %d classes already present; generating %d", out,
