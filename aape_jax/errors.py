@@ -131,8 +131,20 @@ def describe(e: BaseException) -> tuple[str, str] | None:
     return None
 
 
-def _append(path: str | os.PathLike, text: str) -> bool:
-    """Appends `text` to `path`; False when it cannot be written."""
+def append_to_log(path: str | os.PathLike, text: str) -> bool:
+    """Appends `text` to `path`, a local or ``gs://`` file; False when it cannot be written."""
+    from aape_jax import storage  # not at the top: storage imports this module
+
+    if storage.is_remote(path):
+        try:
+            try:
+                old = storage.read_text(path)
+            except FileNotFoundError:
+                old = ""
+            storage.path(path).write_bytes((old + text).encode("utf-8"))  # an object cannot be appended to
+            return True
+        except Exception:  # noqa: BLE001 - gcsfs and google-auth raise many types; all mean "not written"
+            return False
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
@@ -160,7 +172,7 @@ def report(e: BaseException, *, verbose: bool = False, log_file: str | os.PathLi
     trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     if verbose:
         print(trace, file=stream, end="")
-    elif log_file is not None and no_space(e) is None and _append(log_file, trace):
+    elif log_file is not None and no_space(e) is None and append_to_log(log_file, trace):
         print(f"  (the full traceback is in {os.fspath(log_file)}; or rerun with --verbose)", file=stream)
     else:
         print("  (rerun with --verbose for the full traceback)", file=stream)

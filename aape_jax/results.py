@@ -4,7 +4,8 @@
 
 Walks RUNS_DIR for `metrics.json` (runs laid out as `RUNS/<method>/<dataset>/seed<S>`
 by `launch/sweep.py`, though any layout works when `config.json` sits beside the
-metrics) and writes into `--out` (default RUNS_DIR):
+metrics) and writes into `--out` (default RUNS_DIR). Either may be a local folder or a Cloud Storage
+one (``gs://BUCKET/...``, `aape_jax.storage`); outputs are written atomically (`aape_jax.atomic`).
 
 * `results.md`  -- one row per dataset (canonical 11-dataset order, others appended
   alphabetically) plus an "Average" row; per method the columns Base, New, H as
@@ -49,7 +50,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from aape_jax import errors, numerics
+from aape_jax import atomic, errors, numerics, storage
 from aape_jax.methods import METHODS
 
 METRICS_FILE = "metrics.json"
@@ -93,7 +94,7 @@ class RunMetrics:
 
 def _path_identity(run_dir: str) -> tuple[str | None, str | None, int | None]:
     """(method, dataset, seed) from a `.../<method>/<dataset>/seed<S>` directory, None where absent."""
-    parts = os.path.abspath(run_dir).split(os.sep)
+    parts = storage.absolute(run_dir).split("/" if storage.is_remote(run_dir) else os.sep)
     match = _SEED_DIR.match(parts[-1])
     if not match or len(parts) < 3:
         return None, None, None
@@ -101,8 +102,7 @@ def _path_identity(run_dir: str) -> tuple[str | None, str | None, int | None]:
 
 
 def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))
 
 
 def read_run(metrics_path: str) -> RunMetrics:
@@ -124,7 +124,7 @@ def read_run(metrics_path: str) -> RunMetrics:
     p_method, p_dataset, p_seed = _path_identity(run_dir)
     config: dict[str, Any] = {}
     config_path = os.path.join(run_dir, CONFIG_FILE)
-    if os.path.isfile(config_path):
+    if storage.path(config_path).is_file():
         try:
             loaded = _read_json(config_path)
             config = loaded["config"] if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) else {}
@@ -140,12 +140,12 @@ def read_run(metrics_path: str) -> RunMetrics:
 
 
 def collect(runs_dir: str) -> list[RunMetrics]:
-    """Every usable run under `runs_dir` (warnings for the unusable ones)."""
-    if not os.path.isdir(runs_dir):
+    """Every usable run under `runs_dir`, local or ``gs://`` (warnings for the unusable ones)."""
+    if not storage.path(runs_dir).is_dir():
         raise FileNotFoundError(f"runs directory {runs_dir!r} does not exist")
     paths = []
-    for root, dirs, files in os.walk(runs_dir):
-        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]  # pruned in place: os.walk skips them
+    for root, dirs, files in storage.walk(runs_dir):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]  # pruned in place: the walk skips them
         if METRICS_FILE in files:
             paths.append(os.path.join(root, METRICS_FILE))
     runs: dict[tuple[str, str, int], RunMetrics] = {}
@@ -280,7 +280,7 @@ def to_csv_rows(table: Table) -> list[dict[str, str]]:
 
 
 def write_csv(table: Table, path: str) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path) as f:  # csv's "\r\n" passes through text mode untranslated (as newline="")
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(to_csv_rows(table))
@@ -324,7 +324,8 @@ def plot(table: Table, path: str, metric: str = "harmonic_mean") -> bool:
     ax.legend(fontsize="small", ncol=min(7, len(table.methods)), loc="upper center", bbox_to_anchor=(0.5, -0.22),
               frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.atomic_open(path, "wb") as f:  # a file object: savefig cannot open a gs:// path itself
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return True
 
@@ -360,9 +361,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.exit(2, f"error: metric {args.metric!r} is not a numeric field of the metrics files\n")
     out = args.out or args.runs_dir
     markdown = to_markdown(table)
+    if storage.is_remote(out):  # a missing bucket or credentials: one clear line before any upload
+        storage.check_writable(out, "--out")
     try:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        with atomic.atomic_open(os.path.join(out, "results.md")) as f:  # creates a local `out`
             f.write(markdown)
         write_csv(table, os.path.join(out, "results.csv"))
         png = os.path.join(out, "h_per_dataset.png")

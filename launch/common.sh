@@ -25,8 +25,14 @@
 #   build_main_cmd PY CONFIG WORKDIR [FLAG...]
 #                               set the array MAIN_CMD to
 #                               PY -m aape_jax.main --config CONFIG --workdir WORKDIR
-#                               $EXTRA_FLAGS FLAG...
-#   check_workdir WORKDIR       die on a gs:// workdir (train.py writes it with os.*)
+#                               $EXTRA_FLAGS FLAG..., after check_main_flags on the flags
+#   check_storage_path NAME VALUE
+#                               die unless VALUE (NAME's value) is a local path or a
+#                               Cloud Storage one, gs://BUCKET[/FOLDER...]: another
+#                               URL scheme (s3://, http://) or a malformed gs:// value
+#                               (gs:/x, gs://, gs://Bad_Name) is named with the reason
+#   check_workdir WORKDIR       check_storage_path WORKDIR "$WORKDIR"
+#   check_main_flags FLAG...    check_storage_path on the value of --config.feature_store
 
 if [[ -n "${_AAPE_COMMON_SOURCED:-}" ]]; then
   return 0
@@ -127,16 +133,44 @@ build_main_cmd() {
   local main_python="$1" main_config="$2" main_workdir="$3" extra=()
   shift 3
   mapfile -t extra < <(split_words "${EXTRA_FLAGS:-}")
+  check_main_flags "${extra[@]}" "$@"
   # shellcheck disable=SC2034  # MAIN_CMD is this function's output, read by the scripts that source this file
   MAIN_CMD=("$main_python" -m aape_jax.main --config "$main_config" --workdir "$main_workdir" "${extra[@]}" "$@")
 }
 
-check_workdir() {
-  case "$1" in
-    gs://* | s3://*)
-      die "WORKDIR=$1: aape_jax writes its workdir with os.* calls, which do not understand $1; mount the bucket (gcsfuse) or use a shared filesystem and pass that path"
+# aape_jax reads and writes local paths and gs:// (aape_jax/storage.py); anything else
+# with "://" would be taken for a bucket there, and "gs:/x" would become a local
+# folder named "gs:". Bucket names: 3-63 of a-z 0-9 - _ . (up to 222 with dots),
+# starting and ending with a letter or digit.
+check_storage_path() {
+  local name="$1" value="$2"
+  case "$value" in
+    gs://*)
+      [[ "$value" =~ ^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/|$) ]] ||
+        die "$name=$value: not a valid Cloud Storage path; expected gs://BUCKET/FOLDER (a bucket name is 3-63 lowercase letters, digits, '-', '_' or '.')"
+      ;;
+    *://* | gs:*)
+      die "$name=$value: unsupported location; use a local path or a Cloud Storage path gs://BUCKET/FOLDER (for another store, mount it and pass the mount's path)"
       ;;
   esac
+}
+
+check_workdir() {
+  check_storage_path WORKDIR "$1"
+}
+
+check_main_flags() {
+  while (($#)); do
+    case "$1" in
+      --config.feature_store=*) check_storage_path --config.feature_store "${1#*=}" ;;
+      --config.feature_store)
+        if (($# > 1)); then
+          check_storage_path --config.feature_store "$2"
+        fi
+        ;;
+    esac
+    shift
+  done
 }
 
 _aape_child=""

@@ -13,7 +13,8 @@
 #   -- FLAG...      more flags for `python -m aape_jax.main` (e.g. --config.clip=PATH)
 # Variables:
 #   CONFIG                (required) config path:args, relative to the current directory
-#   WORKDIR               (required) run directory; rerunning with it resumes
+#   WORKDIR               (required) run directory, a local path or a Cloud Storage
+#                         folder gs://BUCKET/FOLDER; rerunning with it resumes
 #   EXTRA_FLAGS           more main.py flags, whitespace-separated (no quoting)
 #   PYTHON                interpreter with aape_jax and jax[cuda12] installed (default: python)
 #   CUDA_VISIBLE_DEVICES  optional: restrict the GPUs JAX sees (e.g. 0,1,2,3)

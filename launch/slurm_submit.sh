@@ -14,7 +14,8 @@
 #   -- OPTION...    more sbatch options, e.g. --qos=high --constraint=a100
 # Variables:
 #   CONFIG          (required) config path:args, relative to the repository root
-#   WORKDIR         (required) run directory on a filesystem all nodes share
+#   WORKDIR         (required) run directory on a filesystem all nodes share,
+#                   or a Cloud Storage folder gs://BUCKET/FOLDER
 #   NODES           nodes = processes (default 2)
 #   GPUS_PER_NODE   GPUs per node, all used by that node's process (default 8)
 #   TIME            time limit (default 24:00:00); SIGTERM comes 120 s before it
@@ -22,7 +23,8 @@
 #   ACCOUNT         optional Slurm account
 #   JOB_NAME        job name (default aape)
 #   LOG_DIR         directory for the job logs (default slurm_logs)
-#   EXTRA_FLAGS     more main.py flags, whitespace-separated
+#   EXTRA_FLAGS     more main.py flags, whitespace-separated (a
+#                   --config.feature_store=PATH is checked as WORKDIR is)
 #   VENV            optional virtualenv the nodes activate
 #   PYTHON          interpreter on the nodes (default: python)
 #   MAX_RESTARTS    most requeues after exit 75 (preempted; resumes) (default 10)
@@ -60,6 +62,8 @@ MAX_RESTARTS="${MAX_RESTARTS:-10}"
 
 require_var CONFIG WORKDIR
 check_workdir "$WORKDIR"
+mapfile -t extra_flags < <(split_words "${EXTRA_FLAGS:-}")
+check_main_flags "${extra_flags[@]}" # here, not only when the job starts on the nodes
 for name in NODES GPUS_PER_NODE MAX_RESTARTS; do
   [[ "${!name}" =~ ^[0-9]+$ ]] || die "$name must be a non-negative integer, got '${!name}'"
 done

@@ -22,6 +22,10 @@ with the same command, which resumes it ("resume"). All runs share one feature s
 RUNS/feature_store; `--feature-store ""` leaves each run its own), so CLIP features are extracted
 once per dataset. `--extra` naming `--config.feature_store` wins over `--feature-store`.
 
+RUNS and the feature store may be local folders or Cloud Storage ones (`gs://BUCKET/...`, e.g. on a
+TPU pod without a shared filesystem; `aape_jax.storage`): a bucket RUNS is checked for write access
+before any run starts.
+
 Exit status: 0 when every run finished; 75 as soon as a run exits with 75 (preempted: no further
 runs start, running ones are waited for, and a launcher such as launch/restart_loop.sh restarts the
 sweep, which skips what finished and resumes the rest); SIGTERM to the sweep is passed on to the
@@ -32,7 +36,8 @@ arguments, including a method without `experiments/<method>_base2new.py` (checke
 starts).
 
 With `--jobs 1` (default) runs go one after another with their output on this terminal; with
-`--jobs N` N run at a time and each run's output goes to its WORKDIR/sweep.log. `--python` and
+`--jobs N` N run at a time and each run's output goes to its WORKDIR/sweep.log (in a bucket, that
+log is appended to when the run ends: an object cannot be written a line at a time). `--python` and
 `--entry` choose the interpreter and the module run with `-m` (tests point them at a stub).
 """
 
@@ -48,11 +53,16 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Sequence
 
-PREEMPTED = 75
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `python launch/sweep.py` puts launch/, not the repository, on the path
+
+from aape_jax import errors, storage  # noqa: E402
+
+PREEMPTED = 75
 REQUIRED_METRICS = ("base_acc", "new_acc", "harmonic_mean")
 
 
@@ -76,26 +86,25 @@ def config_path(root: str, method: str) -> str:
 def finished(workdir: str) -> bool:
     """metrics.json exists, parses, and holds the three accuracies."""
     try:
-        with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
-            metrics = json.load(f)
+        metrics = json.loads(storage.read_text(os.path.join(workdir, "metrics.json")))
     except (OSError, ValueError):
         return False
     return isinstance(metrics, dict) and all(k in metrics for k in REQUIRED_METRICS)
 
 
 def has_checkpoint(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and bool(os.listdir(directory))
+    directory = storage.path(workdir) / "checkpoints"
+    return directory.is_dir() and any(directory.iterdir())
 
 
 def build_jobs(args: argparse.Namespace) -> list[Job]:
-    runs = os.path.abspath(args.runs)
+    runs = storage.absolute(args.runs)
     extra = list(args.extra_args)
     store: list[str] = []
     if args.feature_store is None:
         args.feature_store = os.path.join(runs, "feature_store")
     if args.feature_store and not any(a.startswith("--config.feature_store") for a in extra):
-        store = [f"--config.feature_store={os.path.abspath(args.feature_store)}"]
+        store = [f"--config.feature_store={storage.absolute(args.feature_store)}"]
     jobs = []
     for method in args.methods:
         for dataset in args.datasets:
@@ -146,10 +155,13 @@ class Sweep:
             return
         verb = "resume" if has_checkpoint(job.workdir) else "run"
         self.log(f"{verb} {job.name}: {shlex.join(job.command)}")
-        log_file = None
+        log, log_file = os.path.join(job.workdir, "sweep.log"), None
         if self.parallel > 1:
-            os.makedirs(job.workdir, exist_ok=True)
-            log_file = open(os.path.join(job.workdir, "sweep.log"), "a", encoding="utf-8")
+            if storage.is_remote(log):  # an object cannot be appended to: gather the output here first
+                log_file = tempfile.TemporaryFile()
+            else:
+                os.makedirs(job.workdir, exist_ok=True)
+                log_file = open(log, "a", encoding="utf-8")
         try:
             with self.lock:
                 if self.stop.is_set():
@@ -162,6 +174,11 @@ class Sweep:
                 self.procs.discard(proc)
         finally:
             if log_file:
+                if storage.is_remote(log):
+                    log_file.seek(0)
+                    output = log_file.read().decode("utf-8", "replace")
+                    if output and not errors.append_to_log(log, output):  # read and rewritten whole
+                        self.log(f"could not write {log} for {job.name}")
                 log_file.close()
         if rc == PREEMPTED:
             self.stop.set()
@@ -171,7 +188,7 @@ class Sweep:
         elif rc != 0 or not finished(job.workdir):
             with self.lock:
                 self.failures.append((job.name, rc))
-            where = f"; output in {os.path.join(job.workdir, 'sweep.log')}" if log_file else ""
+            where = f"; output in {log}" if log_file else ""
             reason = f"exit {rc}" if rc != 0 else "exit 0 but no usable metrics.json"
             self.log(f"FAILED {job.name} ({reason}){where}; going on with the rest")
         else:
@@ -313,6 +330,8 @@ def _chain(e: BaseException | None) -> list[BaseException]:
 
 def run(args: argparse.Namespace) -> int:
     jobs = build_jobs(args)
+    if storage.is_remote(args.runs) and not args.dry_run:  # a missing bucket or credentials: before any run
+        storage.check_writable(args.runs, "--runs")
     todo = []
     for job in jobs:
         if finished(job.workdir):

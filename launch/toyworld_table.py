@@ -9,6 +9,7 @@ Run from the repository root. All runs go through `aape_jax.train.train_and_eval
 process (one JAX start-up), share one feature store (RUNS/feature_store) and the toy world's cached
 CLIP, and each writes its workdir `RUNS/<split>/<row>/<task>/seed<S>`; a finished run (its
 metrics.json exists) is read, not rerun, so an interrupted command continues where it stopped.
+RUNS may be a local folder or a Cloud Storage one (`gs://BUCKET/...`, `aape_jax.storage`).
 
 * `select`: every trained method (linear probe, CoOp, CoCoOp, KgCoOp, AAPE) with each learning rate
   of `LR_GRID` (the same four for all), seed 1, both tasks, scored on the base classes of the
@@ -34,6 +35,7 @@ sys.path.insert(0, ROOT)
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from aape_jax import atomic, storage  # noqa: E402
 from aape_jax.configs import classification  # noqa: E402
 from aape_jax.data import toyworld as world  # noqa: E402
 
@@ -84,10 +86,9 @@ def run(row: str, task: str, seed: int, runs: str, split: str = "test", tag: str
     from aape_jax import train
 
     workdir = os.path.join(runs, split + tag, row, task, f"seed{seed}")
-    path = os.path.join(workdir, "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+    path = storage.path(workdir) / "metrics.json"
+    if path.is_file():
+        return json.loads(storage.read_text(path))
     print(f"--- {split}{tag} {row} {task} seed {seed} {kwargs}", flush=True)
     return train.train_and_evaluate(make_config(row, task, seed, runs, split, **kwargs), workdir)
 
@@ -123,7 +124,7 @@ def table(args: argparse.Namespace) -> str:
                 cells.append(f"{m:.1f} ± {s:.1f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + f"\n\nSeeds {','.join(map(str, seeds))}; mean ± population std; test split.\n"
-    with open(os.path.join(args.runs, "toyworld_table.md"), "w") as f:
+    with atomic.atomic_open(os.path.join(args.runs, "toyworld_table.md")) as f:
         f.write(text)
     _plot_h(results, os.path.join(args.runs, "toyworld_h.png"))
     print(text)
@@ -146,7 +147,8 @@ def _plot_h(results: dict, path: str) -> None:
     ax.set_title("Toy world: H per method (mean ± std over seeds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_open(path, "wb") as f:  # a file object: savefig cannot open a gs:// path itself
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -173,7 +175,7 @@ def curves(args: argparse.Namespace) -> str:
                                                            for x in xs) + " |")
         lines.append("")
     text = "\n".join(lines)
-    with open(os.path.join(args.runs, "toyworld_curves.md"), "w") as f:
+    with atomic.atomic_open(os.path.join(args.runs, "toyworld_curves.md")) as f:
         f.write(text)
     _plot_curves(shot_h, desc_h, rows, os.path.join(args.runs, "toyworld_curves.png"))
     print(text)
@@ -201,7 +203,8 @@ def _plot_curves(shot_h: dict, desc_h: dict, rows: dict, path: str) -> None:
             ax.set_ylabel("H (%)")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_open(path, "wb") as f:  # a file object: savefig cannot open a gs:// path itself
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", required=True, help="directory for every run and the outputs")
     parser.add_argument("--seeds", default="1,2,3")
     args = parser.parse_args(argv)
-    os.makedirs(args.runs, exist_ok=True)
+    storage.check_writable(args.runs, "--runs")  # creates a local folder; proves a bucket writable
     {"select": select, "table": table, "curves": curves}[args.command](args)
     return 0
 

@@ -10,7 +10,9 @@
 #   create    create the TPU VM (skipped if `describe` finds it)
 #   setup     copy the code to every worker (local tree, or REPO_URL@BRANCH) and
 #             install Python $PYTHON_VERSION + jax[tpu]==$JAX_VERSION + the project
-#             into ~/$REMOTE_VENV (rerunnable: updates the code, pip is idempotent)
+#             into ~/$REMOTE_VENV (rerunnable: updates the code, pip is idempotent);
+#             the project's own dependencies (pyproject.toml) include what gs://
+#             needs (gcsfs, google-cloud-storage), and setup fails if they do not import
 #   run       start `python -m aape_jax.main --config $CONFIG --workdir $WORKDIR`
 #             on all workers in the background under launch/restart_loop.sh
 #             (reruns it on exit 75 = preempted, which resumes); log ~/$LOG_FILE
@@ -38,9 +40,13 @@
 #   REMOTE_DIR        code directory on the workers, under ~ (default aape_jax)
 #   REMOTE_VENV       venv on the workers, under ~ (default aape_venv)
 #   CONFIG            (run) config path:args relative to the repository root
-#   WORKDIR           (run) run directory on a filesystem every worker shares
-#                     (NFS/Filestore or a gcsfuse mount); same WORKDIR = resume
-#   EXTRA_FLAGS       (run) more main.py flags, whitespace-separated
+#   WORKDIR           (run) run directory every worker reaches: a Cloud Storage
+#                     folder gs://BUCKET/FOLDER (no shared filesystem needed; the
+#                     TPU VM's service account must be allowed to write the
+#                     bucket) or a shared filesystem path (NFS/Filestore);
+#                     same WORKDIR = resume
+#   EXTRA_FLAGS       (run) more main.py flags, whitespace-separated, e.g.
+#                     --config.feature_store=gs://BUCKET/features
 #   MAX_RESTARTS      (run) reruns after exit 75 on a worker (default 10)
 #   LOG_FILE          log file on each worker, under ~ (default aape_run.log)
 #   LOGS_WORKER       (logs) worker to follow (default all)
@@ -206,7 +212,7 @@ export PATH="$HOME/.local/bin:$PATH"
 command -v uv >/dev/null 2>&1 || python3 -m pip install --user --quiet uv
 [ -x "$AAPE_VENV/bin/python" ] || uv venv --python "$AAPE_PYTHON_VERSION" "$AAPE_VENV"
 uv pip install --python "$AAPE_VENV/bin/python" "jax[tpu]==$AAPE_JAX_VERSION" -e "$AAPE_DIR"
-"$AAPE_VENV/bin/python" -c 'import jax, aape_jax; print("ready: jax", jax.__version__)'
+"$AAPE_VENV/bin/python" -c 'import jax, aape_jax, gcsfs, google.cloud.storage; print("ready: jax", jax.__version__)'
 EOF
   )"
   ssh_workers all "set -euo pipefail

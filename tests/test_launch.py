@@ -231,8 +231,8 @@ def test_gpu_single_host_fails_fast(env):
     base = {**env, "CONFIG": CONFIG, "WORKDIR": "/tmp/w"}
     result = run(["bash", "launch/gpu_single_host.sh", "--dry-run"], {**base, "CONFIG": "experiments/nope.py:x"})
     assert result.returncode != 0 and "experiments/nope.py" in result.stderr
-    result = run(["bash", "launch/gpu_single_host.sh", "--dry-run"], {**base, "WORKDIR": "gs://bucket/run"})
-    assert result.returncode != 0 and "gs://bucket/run" in result.stderr
+    result = run(["bash", "launch/gpu_single_host.sh", "--dry-run"], {**base, "WORKDIR": "s3://bucket/run"})
+    assert result.returncode != 0 and "s3://bucket/run" in result.stderr  # gs:// only (tests/test_storage_results.py)
     result = run(["bash", "launch/gpu_single_host.sh"], {**base, "PYTHON": "no-such-python-here"})
     assert result.returncode != 0 and "no-such-python-here" in result.stderr
     result = run(["bash", "launch/gpu_single_host.sh", "--bogus"], base)
@@ -287,6 +287,7 @@ def test_tpu_setup_dry_run(env):
     assert "gcloud compute tpus tpu-vm scp" in out and "aape-pod:aape_src.tar.gz" in out
     assert "gcloud compute tpus tpu-vm ssh aape-pod --zone=us-central2-b --worker=all" in out
     assert "AAPE_JAX_VERSION=0.10.2" in out and '"jax[tpu]==$AAPE_JAX_VERSION" -e "$AAPE_DIR"' in out
+    assert "import jax, aape_jax, gcsfs, google.cloud.storage" in out  # gs:// support comes with the project
     result = tpu(env, "setup", REPO_URL="https://example.com/me/aape_jax.git", BRANCH="dev", JAX_VERSION="0.10.3")
     assert result.returncode == 0, result.stderr
     assert "scp" not in result.stdout and "git clone --depth=1" in result.stdout
@@ -335,8 +336,8 @@ def test_tpu_bad_usage(env):
     assert "no subcommand" in tpu(env).stderr
     result = tpu(env, "launch")
     assert result.returncode != 0 and "unknown argument 'launch'" in result.stderr
-    result = tpu(env, "run", WORKDIR="gs://bucket/run")
-    assert result.returncode != 0 and "gs://bucket/run" in result.stderr
+    result = tpu(env, "run", WORKDIR="s3://bucket/run")
+    assert result.returncode != 0 and "s3://bucket/run" in result.stderr
 
 
 def test_missing_tool_is_named(tmp_path, env):

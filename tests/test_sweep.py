@@ -20,6 +20,7 @@ PREEMPTED = 75
 STUB = r'''
 """Stub of aape_jax.main: records its argv; behaves as its dataset name says."""
 import json, os, signal, sys, time
+from aape_jax import storage  # a gs:// workdir goes to the bucket (tests/test_storage_results.py)
 
 argv = sys.argv[1:]
 config = argv[argv.index("--config") + 1]
@@ -38,15 +39,15 @@ if dataset == "wait":  # wait for SIGTERM, then exit as a preempted run does
     open(os.path.join(os.environ["SWEEP_STUB_READY"]), "w").close()
     time.sleep(60)
     sys.exit(3)
-os.makedirs(workdir, exist_ok=True)
+out = storage.path(workdir)
+out.mkdir(parents=True, exist_ok=True)
 if dataset != "nometrics":
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump({"base_acc": 80.0, "new_acc": 60.0, "harmonic_mean": 68.57, "train_loss": 0.1}, f)
+    (out / "metrics.json").write_text(
+        json.dumps({"base_acc": 80.0, "new_acc": 60.0, "harmonic_mean": 68.57, "train_loss": 0.1}))
 '''
 
 
-@pytest.fixture
-def repo(tmp_path: pathlib.Path) -> pathlib.Path:
+def make_repo(tmp_path: pathlib.Path) -> pathlib.Path:
     """A fake repository root: two method configs and the stub entry module."""
     root = tmp_path / "repo"
     (root / "experiments").mkdir(parents=True)
@@ -56,12 +57,22 @@ def repo(tmp_path: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def sweep(repo: pathlib.Path, runs: pathlib.Path, *args: str, stub: bool = True, **kwargs):
+@pytest.fixture
+def repo(tmp_path: pathlib.Path) -> pathlib.Path:
+    return make_repo(tmp_path)
+
+
+def stub_env(repo: pathlib.Path, **extra: str) -> dict[str, str]:
+    """The environment of a sweep whose stub runs log to REPO/calls.jsonl and import aape_jax from here."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "SWEEP_STUB_LOG": str(repo / "calls.jsonl"), "PYTHONPATH": path, **extra}
+
+
+def sweep(repo: pathlib.Path, runs: pathlib.Path | str, *args: str, stub: bool = True, **kwargs):
     cmd = [sys.executable, str(SWEEP), "--root", str(repo), "--runs", str(runs), *args]
     if stub:
         cmd += ["--entry", "stub_main"]
-    env = {**os.environ, "SWEEP_STUB_LOG": str(repo / "calls.jsonl")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, **kwargs)
+    return subprocess.run(cmd, capture_output=True, text=True, env=stub_env(repo), timeout=60, **kwargs)
 
 
 def calls(repo: pathlib.Path) -> list[dict]:
@@ -173,7 +184,7 @@ def test_parallel_jobs_log_to_files(repo: pathlib.Path, tmp_path: pathlib.Path):
 def test_sigterm_is_passed_on_and_ends_with_75(repo: pathlib.Path, tmp_path: pathlib.Path):
     runs = tmp_path / "runs"
     ready = tmp_path / "ready"
-    env = {**os.environ, "SWEEP_STUB_LOG": str(repo / "calls.jsonl"), "SWEEP_STUB_READY": str(ready)}
+    env = stub_env(repo, SWEEP_STUB_READY=str(ready))
     proc = subprocess.Popen(
         [sys.executable, str(SWEEP), "--root", str(repo), "--runs", str(runs), "--entry", "stub_main",
          "--methods", "aape", "--datasets", "wait,dtd", "--seeds", "1"],
