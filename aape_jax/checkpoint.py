@@ -19,6 +19,7 @@ through TensorStore's GCS driver and marks a finished step with a
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import logging as std_logging
@@ -211,8 +212,11 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Starts saving `state` (a pytree of arrays) and `meta` (JSON) as `step`."""
+        """Starts saving `state` (a pytree of arrays) and `meta` (JSON) as `step`, as they are now."""
         self._set_damaged_aside()
+        # A copy: the asynchronous save serialises `meta` later (on a bucket, seconds later), by when the
+        # caller may have changed it (the trainer appends the next epoch to its history).
+        meta = copy.deepcopy(meta)
         saved = self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),

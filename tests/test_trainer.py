@@ -124,3 +124,17 @@ def test_a_tree_that_does_not_fit_names_the_directory_step_and_keys(tmp_path):
     message = str(e.value)
     assert str(tmp_path / "checkpoints") in message and "step 5" in message
     assert "missing ['bias']" in message and "w: (4,) in the checkpoint, (5,) expected" in message
+
+
+def test_a_checkpoint_keeps_the_meta_as_it_was_when_saved(tmp_path):
+    """The trainer appends the next epoch to its history while an asynchronous save may still be writing
+    (on a bucket, for seconds): the checkpoint must hold the history of its own step, or a resume skips an
+    epoch."""
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    meta = {"history": [{"loss": 1.0}]}
+    ckpt.save(1, {"w": jnp.ones(3)}, meta)
+    meta["history"].append({"loss": 2.0})
+    ckpt.wait()
+    _, restored = ckpt.restore({"w": jnp.ones(3)})
+    ckpt.close()
+    assert restored == {"history": [{"loss": 1.0}]}
