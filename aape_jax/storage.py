@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from aape_jax.errors import UserError
+from aape_jax.errors import UserError, one_line
 
 __all__ = ["StorageError", "is_remote", "path", "open_text", "read_text", "absolute", "check_writable", "walk", "move", "rmtree", "configure"]
 
@@ -147,7 +147,7 @@ def check_writable(p: str | os.PathLike, what: str) -> None:
         try:
             google.auth.default()
         except google.auth.exceptions.DefaultCredentialsError as e:
-            raise StorageError(f"{what} {p}: no Google Cloud credentials found ({e})".split("\n")[0],
+            raise StorageError(f"{what} {p}: no Google Cloud credentials found (Application Default Credentials)",
                                hint="run `gcloud auth application-default login`, or set "
                                     "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file") from e
     bucket = path(f"gs://{_bucket(p)}")
@@ -161,7 +161,7 @@ def check_writable(p: str | os.PathLike, what: str) -> None:
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - gcsfs and google-auth raise many types; all mean "cannot write here"
-        raise StorageError(f"{what} {p} cannot be written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise StorageError(f"{what} {p} cannot be written ({type(e).__name__}: {one_line(str(e), 300)})") from e
 
 
 def walk(top: str | os.PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -194,6 +194,4 @@ def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def rmtree(p: str | os.PathLike) -> None:
     """Removes a folder and everything under it; nothing when it does not exist."""
-    target = path(p)
-    if target.exists():
-        target.rmtree(missing_ok=True) if "missing_ok" in target.rmtree.__code__.co_varnames else target.rmtree()
+    path(p).rmtree(missing_ok=True)

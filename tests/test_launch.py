@@ -169,10 +169,10 @@ def test_restart_loop_forwards_sigterm_and_does_not_restart(tmp_path, env):
     """SIGTERM to the launcher reaches the run (which checkpoints, exits 75); no restart."""
     counter = tmp_path / "term.count"
     child = tmp_path / "trainer"
-    child.write_text(
+    child.write_text(  # the trap before "started": once the test sees it, SIGTERM is handled
         "#!/usr/bin/env bash\n"
-        f'echo started >>"{counter}"\n'
         f'trap \'kill $sleeper; echo got-term >>"{counter}"; exit {PREEMPTED}\' TERM\n'
+        f'echo started >>"{counter}"\n'
         "sleep 20 & sleeper=$!; wait $sleeper\n"
         "exit 0\n"
     )

@@ -36,13 +36,17 @@ def write_run(root: pathlib.Path, method: str, dataset: str, seed: int, base: fl
     return workdir
 
 
-@pytest.fixture
-def runs(tmp_path: pathlib.Path) -> pathlib.Path:
-    root = tmp_path / "runs"
+def write_runs(root: pathlib.Path) -> pathlib.Path:
+    """The runs of `VALUES` under `root`."""
     for (method, dataset), seeds in VALUES.items():
         for seed, (b, n, h) in enumerate(seeds, start=1):
             write_run(root, method, dataset, seed, b, n, h)
     return root
+
+
+@pytest.fixture
+def runs(tmp_path: pathlib.Path) -> pathlib.Path:
+    return write_runs(tmp_path / "runs")
 
 
 def read_csv(path: pathlib.Path) -> dict[tuple[str, str], dict[str, str]]:

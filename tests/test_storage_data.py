@@ -33,7 +33,8 @@ def _no_local_gs_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "gs:").exists(), "a gs:// path was treated as a local one"
 
 
-def _upload(local: pathlib.Path, remote: str) -> None:
+def upload(local: pathlib.Path, remote: str) -> None:
+    """Copies every file under `local` to the same relative path under `remote` (a gs:// folder)."""
     for f in sorted(local.rglob("*")):
         if f.is_file():
             storage.path(f"{remote}/{f.relative_to(local).as_posix()}").write_bytes(f.read_bytes())
@@ -77,7 +78,7 @@ def test_coop_split_file_dataset(tmp_path, gcs_dir):
     image_dir = tmp_path / "data" / "caltech-101" / "101_ObjectCategories"
     for i, (rel, _, _) in enumerate(split["train"][:3]):
         _noise(image_dir / rel, i)
-    _upload(tmp_path / "data", gcs_dir)
+    upload(tmp_path / "data", gcs_dir)
     local = load_dataset("caltech101", tmp_path / "data")
     remote = load_dataset("caltech101", gcs_dir)
     _assert_same_dataset(local, remote, tmp_path / "data", gcs_dir)
@@ -92,7 +93,7 @@ def test_fgvc_aircraft(tmp_path, gcs_dir):
         (d / f"images_variant_{s}.txt").write_text("\n".join(lines) + "\n")
     for i in range(1, 5):
         _noise(d / "images" / f"000{i}.jpg", i)
-    _upload(tmp_path / "data", gcs_dir)
+    upload(tmp_path / "data", gcs_dir)
     _assert_same_dataset(load_dataset("fgvc_aircraft", tmp_path / "data"), load_dataset("fgvc_aircraft", gcs_dir),
                          tmp_path / "data", gcs_dir)
 
@@ -107,7 +108,7 @@ def test_imagenet_and_variant(tmp_path, gcs_dir):
     wnids, sub = classnames.imagenet_wnids(), imagenet_subset("imagenet_a")
     _png(tmp_path / "data" / "imagenet-a" / wnids[sub[0]] / "x.jpg")
     (tmp_path / "data" / "imagenet-a" / "README.txt").write_text("not a class")
-    _upload(tmp_path / "data", gcs_dir)
+    upload(tmp_path / "data", gcs_dir)
     for name in ("imagenet", "imagenet_a"):
         _assert_same_dataset(load_dataset(name, tmp_path / "data"), load_dataset(name, gcs_dir),
                              tmp_path / "data", gcs_dir)
@@ -124,7 +125,7 @@ def test_image_folder(tmp_path, gcs_dir, layout):
                 _png(root / "test" / c / f"{i}.jpg")
     (root / ("train" if layout == "presplit" else "") / "ant" / "notes.txt").write_text("not an image")
     _png(root / ".hidden" / "x.png")
-    _upload(root, f"{gcs_dir}/ds")
+    upload(root, f"{gcs_dir}/ds")
     local, remote = load_folder(root, test_fraction=0.5), load_folder(f"{gcs_dir}/ds", test_fraction=0.5)
     _assert_same_dataset(local, remote, root, f"{gcs_dir}/ds")
     assert remote.classnames == ["ant", "zebra"] and len(remote.train) == 8 - 4 * (layout == "flat")
@@ -146,7 +147,7 @@ def test_few_shot_cache_on_bucket(gcs_dir):
 # --------------------------------------------------------------------------- #
 def test_karpathy_captions(tmp_path, gcs_dir):
     local_path = _coco_tree(tmp_path / "coco")
-    _upload(tmp_path / "coco", gcs_dir)
+    upload(tmp_path / "coco", gcs_dir)
     local = captions.read_karpathy(local_path, tmp_path / "coco")
     remote = captions.read_karpathy(f"{gcs_dir}/dataset_coco.json", gcs_dir)
     for split in ("train", "val", "test"):
@@ -177,7 +178,7 @@ def test_prompt_and_caption_files(tmp_path, gcs_dir, capsys):
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text, encoding="utf-8", newline="")
-    _upload(tmp_path, gcs_dir)
+    upload(tmp_path, gcs_dir)
     for read in (read_class_descriptions, read_coco_captions, read_jsonl_captions, gen.read_questions,
                  cli.read_classname_lines):
         name = {read_class_descriptions: "cupl.json", read_coco_captions: "coco.json", read_jsonl_captions: "c.jsonl",
@@ -206,7 +207,7 @@ def test_preprocessor_config(tmp_path, gcs_dir):
     config = {"crop_size": 224, "size": {"shortest_edge": 256}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}
     (tmp_path / "clip").mkdir()
     (tmp_path / "clip" / "preprocessor_config.json").write_text(json.dumps(config))
-    _upload(tmp_path / "clip", f"{gcs_dir}/clip")
+    upload(tmp_path / "clip", f"{gcs_dir}/clip")
     remote = ImageTransform.from_preprocessor_config(f"{gcs_dir}/clip", 224)
     assert remote == ImageTransform.from_preprocessor_config(tmp_path / "clip", 224) and remote.resize == 256
     assert ImageTransform.from_preprocessor_config(f"{gcs_dir}/none", 224) == ImageTransform.openai(224)
@@ -227,7 +228,7 @@ def test_missing_dataset_files_named(tmp_path, gcs_dir):
 
     _coop_tree(tmp_path / "data", "dtd", ["a", "b"])
     (tmp_path / "data" / "dtd" / "split_zhou_DescribableTextures.json").unlink()
-    _upload(tmp_path / "data", gcs_dir)
+    upload(tmp_path / "data", gcs_dir)
     e = _assert_same_error(lambda root: load_dataset("dtd", root), str(tmp_path / "data"), gcs_dir)
     assert isinstance(e, errors.DataError) and f"{gcs_dir}/dtd/split_zhou_DescribableTextures.json" in str(e)
 

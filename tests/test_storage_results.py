@@ -12,27 +12,18 @@ import subprocess
 import pytest
 
 from aape_jax import errors, results, storage
-from test_results import VALUES, write_run
+from test_results import write_run, write_runs
+from test_storage_data import upload
 from test_sweep import calls, make_repo, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "experiments/aape_base2new.py:runlocal"
 
 
-def upload(local: pathlib.Path, remote: str) -> None:
-    """Copies every file under `local` to the same relative path under `remote`."""
-    for path in local.rglob("*"):
-        if path.is_file():
-            (storage.path(remote) / path.relative_to(local).as_posix()).write_bytes(path.read_bytes())
-
-
 @pytest.fixture
 def runs(tmp_path: pathlib.Path) -> pathlib.Path:
     """test_results' runs, plus one named only by its path, a truncated and a partial one, a feature store."""
-    root = tmp_path / "runs"
-    for (method, dataset), seeds in VALUES.items():
-        for seed, (b, n, h) in enumerate(seeds, start=1):
-            write_run(root, method, dataset, seed, b, n, h)
+    root = write_runs(tmp_path / "runs")
     write_run(root, "kgcoop", "dtd", 1, 80.0, 60.0, 68.57, config=False)  # identity from the path
     (root / "aape" / "dtd" / "seed4").mkdir()
     (root / "aape" / "dtd" / "seed4" / "metrics.json").write_text('{"base_acc": 80.0, "new_')

@@ -41,6 +41,7 @@ import json
 import math
 import io
 import os
+import pathlib
 import re
 import threading
 import time
@@ -189,9 +190,10 @@ class FeatureStore:
     """
 
     def __init__(self, root: str | os.PathLike):
-        self.root = storage.path(root)
+        # A local store keeps pathlib paths (its `path()` is public); a bucket's are epath's.
+        self.root = storage.path(root) if storage.is_remote(root) else pathlib.Path(root)
 
-    def path(self, kind: str, key: Mapping[str, Any]) -> epath.Path:
+    def path(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path | epath.Path:
         """Where the entry for (kind, key) lives; `kind` names the file family."""
         if not kind or not all(c.isalnum() or c in "_." for c in kind):
             # kind becomes part of a file name, and "-" separates it from the digest.
@@ -233,7 +235,7 @@ class FeatureStore:
                 return _unusable(path, f"array {name!r} fails its sha256 checksum (corrupt)")
         return arrays
 
-    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> epath.Path:
+    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> pathlib.Path | epath.Path:
         """Writes the entry atomically and returns its path."""
         path = self.path(kind, key)
         arrays = _check_arrays(arrays, path)
@@ -316,7 +318,7 @@ class FeatureStore:
             distributed.barrier(f"feature store merged {path.name}")
         return self._load_written_by_main(kind, key)
 
-    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> epath.Path:
+    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path | epath.Path:
         """The folder of the resumable chunks of the entry (kind, key)."""
         path = self.path(kind, key)
         return path.with_name(path.stem + ".partial")
