@@ -101,21 +101,25 @@ _KILLED = textwrap.dedent("""
 """)
 
 
-def test_sigkill_mid_extraction_resumes_bit_identical(tmp_path, examples, monkeypatch):
-    monkeypatch.setattr(fs, "CHUNK_IMAGES", 4)
-    reference = fs.FeatureStore(tmp_path / "a").get_or_compute_sharded(
-        "images", KEY, len(examples), _compute(examples, encode))["z"]
+def killed_mid_extraction(tmp_path, root) -> fs.FeatureStore:
+    """The store at `root` (local or gs://) after an extraction into it was SIGKILLed in its 7th batch."""
     ready = tmp_path / "ready"
-    script = _KILLED.format(tests=str(REPO / "tests"), ready=str(ready), store=str(tmp_path / "b"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    deadline = time.time() + 60
+    script = _KILLED.format(tests=str(REPO / "tests"), ready=str(ready), store=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    deadline = time.time() + 120
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline, "the extraction did not reach batch 7"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    store = fs.FeatureStore(tmp_path / "b")
+    return fs.FeatureStore(root)
+
+
+def test_sigkill_mid_extraction_resumes_bit_identical(tmp_path, examples, monkeypatch):
+    monkeypatch.setattr(fs, "CHUNK_IMAGES", 4)
+    reference = fs.FeatureStore(tmp_path / "a").get_or_compute_sharded(
+        "images", KEY, len(examples), _compute(examples, encode))["z"]
+    store = killed_mid_extraction(tmp_path, tmp_path / "b")
     assert len(list(store.partial_dir("images", KEY).glob("chunk.*.npz"))) == 6
     again = []
     z = store.get_or_compute_sharded("images", KEY, len(examples),

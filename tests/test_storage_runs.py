@@ -133,16 +133,7 @@ def test_a_kill_during_extraction_into_a_bucket_resumes_bit_identical(gcs_dir, t
     examples = t.synthetic.make_dataset(num_classes=4, train_per_class=5, test_per_class=0, image_size=40).train
     reference = fs.FeatureStore(tmp_path / "local").get_or_compute_sharded(
         "images", t.KEY, len(examples), t._compute(examples, t.encode))["z"]
-    ready, root = tmp_path / "ready", f"{gcs_dir}/store"
-    script = t._KILLED.format(tests=os.path.join(REPO, "tests"), ready=str(ready), store=root)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ))
-    deadline = time.time() + 120
-    while not ready.exists():
-        assert proc.poll() is None and time.time() < deadline, "the extraction did not reach batch 7"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    store = fs.FeatureStore(root)
+    store = t.killed_mid_extraction(tmp_path, f"{gcs_dir}/store")
     assert not store.path("images", t.KEY).exists()  # no entry a reader could take as complete
     assert len([p for p in store.partial_dir("images", t.KEY).iterdir() if p.name.startswith("chunk.")]) == 6
     again = []
