@@ -1,9 +1,11 @@
 """Where runs read and write: a local path or a bucket (``gs://``), through one path type.
 
-Every file the project reads or writes goes through `path` (an
-`etils.epath.Path`, the path type Orbax, TFDS and big_vision use): local paths
-behave as with `os` and `open`, ``gs://bucket/...`` goes to Cloud Storage
-through gcsfs (and through TensorStore for Orbax's arrays). What differs on a
+A run's workdir, feature store, checkpoints, datasets and prompt files, and
+the results and sweep tools, are read and written through `path` (an
+`etils.epath.Path`, the path type Orbax, TFDS and big_vision use; the CLIP
+checkpoint itself is read from a local folder or the hub): local paths behave
+as with `os` and `open`, ``gs://bucket/...`` goes to Cloud Storage through
+gcsfs (and through TensorStore for Orbax's arrays). What differs on a
 bucket, and how this module handles it:
 
 * No directories and no atomic rename: an object appears whole when its upload
@@ -34,7 +36,8 @@ from etils import epath
 
 from aape_jax.errors import UserError, one_line
 
-__all__ = ["StorageError", "is_remote", "path", "open_text", "read_text", "absolute", "check_writable", "walk", "move", "rmtree", "configure"]
+__all__ = ["StorageError", "is_remote", "path", "open_text", "read_text", "absolute", "check_writable", "walk",
+           "move", "rmtree", "configure"]
 
 
 class StorageError(UserError, OSError):

@@ -21,8 +21,8 @@ from aape_jax.data.imagenet import imagenet_subset
 from aape_jax.data.types import Example
 from aape_jax.prompts import cli, read_class_descriptions, read_coco_captions, read_jsonl_captions
 from aape_jax.prompts import generate as gen
-from tests.test_captions import _coco_tree
-from tests.test_datasets import _coop_tree, _png
+from test_captions import _coco_tree
+from test_datasets import _coop_tree, _png
 
 
 @pytest.fixture(autouse=True)

@@ -65,6 +65,8 @@ __all__ = ["fingerprint", "file_digest", "FeatureStore", "extract_image_features
 _KEY = "__key__"
 _CHECKSUMS = "__checksums__"
 _COMPLETE = "__complete__"
+# A local store's paths are pathlib's (as they always were), a bucket's epath's.
+StorePath = pathlib.Path | epath.Path
 _FILE_CHUNK = 8 << 20  # 8 MiB: large sequential reads, bounded memory
 # Extraction saves its finished batches once this many images or seconds have accumulated
 # (whichever comes first; a kill loses at most that much work).
@@ -190,10 +192,9 @@ class FeatureStore:
     """
 
     def __init__(self, root: str | os.PathLike):
-        # A local store keeps pathlib paths (its `path()` is public); a bucket's are epath's.
-        self.root = storage.path(root) if storage.is_remote(root) else pathlib.Path(root)
+        self.root: StorePath = storage.path(root) if storage.is_remote(root) else pathlib.Path(root)
 
-    def path(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path | epath.Path:
+    def path(self, kind: str, key: Mapping[str, Any]) -> StorePath:
         """Where the entry for (kind, key) lives; `kind` names the file family."""
         if not kind or not all(c.isalnum() or c in "_." for c in kind):
             # kind becomes part of a file name, and "-" separates it from the digest.
@@ -235,7 +236,7 @@ class FeatureStore:
                 return _unusable(path, f"array {name!r} fails its sha256 checksum (corrupt)")
         return arrays
 
-    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> pathlib.Path | epath.Path:
+    def save(self, kind: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> StorePath:
         """Writes the entry atomically and returns its path."""
         path = self.path(kind, key)
         arrays = _check_arrays(arrays, path)
@@ -318,7 +319,7 @@ class FeatureStore:
             distributed.barrier(f"feature store merged {path.name}")
         return self._load_written_by_main(kind, key)
 
-    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> pathlib.Path | epath.Path:
+    def partial_dir(self, kind: str, key: Mapping[str, Any]) -> StorePath:
         """The folder of the resumable chunks of the entry (kind, key)."""
         path = self.path(kind, key)
         return path.with_name(path.stem + ".partial")
@@ -346,7 +347,7 @@ class FeatureStore:
         return found
 
 
-def _check_arrays(arrays: Mapping[str, Any], path: epath.Path) -> dict[str, np.ndarray]:
+def _check_arrays(arrays: Mapping[str, Any], path: StorePath) -> dict[str, np.ndarray]:
     out = {}
     for name, a in arrays.items():
         if not isinstance(name, str) or not name or name.startswith("__"):
@@ -358,7 +359,7 @@ def _check_arrays(arrays: Mapping[str, Any], path: epath.Path) -> dict[str, np.n
     return out
 
 
-def _unusable(path: epath.Path, why: str) -> None:
+def _unusable(path: StorePath, why: str) -> None:
     logging.warning("feature store: ignoring %s: %s; it will be recomputed", path, why)
 
 
@@ -366,7 +367,7 @@ def _short(s: str, n: int = 200) -> str:
     return s if len(s) <= n else s[:n] + "..."
 
 
-def _fsync_dir(directory: epath.Path) -> None:
+def _fsync_dir(directory: StorePath) -> None:
     """Makes the rename durable; best effort (not every OS/file system allows it)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -387,7 +388,7 @@ def _fsync_dir(directory: epath.Path) -> None:
 class _Chunks:
     """Where an entry's extraction keeps its finished batches, and the entry's fingerprint."""
 
-    directory: epath.Path
+    directory: StorePath
     entry: str
 
 
