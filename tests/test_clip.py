@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
-from aape_jax import clip
+from aape_jax import clip, hf_weights
 from aape_jax.clip import tiny, weights
 from aape_jax.clip.tokenizer import write_byte_level_vocab
 
@@ -265,7 +265,7 @@ def test_torch_bin_checkpoint(tiny_dir):
     state = {k: torch.from_numpy(v) for k, v in load_file(path).items()}
     reference = clip.load(tiny_dir)
     os.remove(path)
-    torch.save(state, os.path.join(tiny_dir, weights.TORCH_BIN))
+    torch.save(state, os.path.join(tiny_dir, hf_weights.TORCH_BIN))
     model = clip.load(tiny_dir)
     ids = model.tokenize(TEXTS)
     np.testing.assert_array_equal(model.encode_text(ids), reference.encode_text(ids))

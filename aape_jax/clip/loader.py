@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from aape_jax import hub
+from aape_jax import hf_weights, hub
 from aape_jax.clip import weights
 from aape_jax.clip.config import read_config
 from aape_jax.clip.frozen import FrozenCLIP
@@ -39,7 +39,7 @@ def load(path_or_id: str | os.PathLike, dtype: Any = jnp.float32, max_batch: int
     """
     directory = resolve(path_or_id)
     config = read_config(directory)
-    state, weights_file = weights.read_state_dict(directory)
+    state, weights_file = hf_weights.read_state_dict(directory)
     params = jax.device_put(weights.convert(state, config, source=weights_file))
     tokenizer = Tokenizer.from_dir(directory, config.text.context_length, config.text.vocab_size)
     if tokenizer.eot_id != config.text.eot_token_id:

@@ -20,6 +20,7 @@ import flax
 import numpy as np
 from safetensors.numpy import save_file
 
+from aape_jax import hf_weights
 from aape_jax.clip import weights
 from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
 from aape_jax.clip.tokenizer import write_byte_level_vocab
@@ -143,7 +144,7 @@ def write_checkpoint(
         write_byte_level_vocab(directory, texts, config.text.vocab_size)
 
     params = random_params(config, seed) if params is None else params
-    save_file(weights.to_state_dict(params), os.path.join(directory, weights.SAFETENSORS))
+    save_file(weights.to_state_dict(params), os.path.join(directory, hf_weights.SAFETENSORS))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:

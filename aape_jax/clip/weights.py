@@ -9,8 +9,6 @@ shape that differs is an error naming every key at fault.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Mapping
 
@@ -19,12 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aape_jax import hf_weights
 from aape_jax.clip.config import CLIPConfig
 from aape_jax.clip.model import CLIP
-
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-TORCH_BIN = "pytorch_model.bin"
 
 # Buffers that older exports carry next to the parameters; they hold no learned values.
 _BUFFERS = re.compile(r"^(text|vision)_model\.embeddings\.position_ids$")
@@ -100,14 +95,7 @@ def convert(state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "
         else:
             flat[path] = np.asarray(converted, dtype=np.float32)
     missing = [_hf_key(p) for p in expected if p not in seen]
-    sections = (
-        ("shape mismatches", mismatched),
-        ("checkpoint tensors the model does not use", sorted(unused)),
-        ("model parameters the checkpoint does not fill", sorted(missing)),
-    )
-    problems = [f"{title}:\n  " + "\n  ".join(keys) for title, keys in sections if keys]
-    if problems:
-        raise ValueError(f"{source} does not match the CLIP geometry of its config.json:\n" + "\n".join(problems))
+    hf_weights.raise_if_mismatched(source, "CLIP", mismatched, unused, missing)
     return flax.traverse_util.unflatten_dict(flat)
 
 
@@ -117,58 +105,3 @@ def to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
     for path, value in flax.traverse_util.flatten_dict(dict(params)).items():
         out[_hf_key(path)] = np.array(_to_hf_layout(path, np.asarray(value)), order="C")
     return out
-
-
-def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(path)
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise ValueError(f"cannot read weights file {path} (truncated or corrupt?): {e}") from e
-
-
-def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"{path} is a PyTorch pickle; reading it needs torch (`pip install torch==2.13.0`), "
-            "or convert the checkpoint to model.safetensors"
-        ) from e
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read weights file {path} (truncated or corrupt?): {e}") from e
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
-
-
-def read_state_dict(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
-    """Loads the weights of an HF checkpoint directory; returns (state dict, file it came from).
-
-    Order: `model.safetensors`, sharded `model.safetensors.index.json`, `pytorch_model.bin`.
-    """
-    directory = os.fspath(directory)
-    single = os.path.join(directory, SAFETENSORS)
-    index = os.path.join(directory, SAFETENSORS_INDEX)
-    torch_bin = os.path.join(directory, TORCH_BIN)
-    if os.path.isfile(single):
-        return _read_safetensors(single), single
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index} is not a valid safetensors index: {e}") from e
-        state: dict[str, np.ndarray] = {}
-        for shard in shards:
-            shard_path = os.path.join(directory, shard)
-            if not os.path.isfile(shard_path):
-                raise FileNotFoundError(f"{index} lists {shard}, which is missing from {directory}")
-            state.update(_read_safetensors(shard_path))
-        return state, index
-    if os.path.isfile(torch_bin):
-        return _read_torch_bin(torch_bin), torch_bin
-    raise FileNotFoundError(
-        f"no weights in {directory}: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN}"
-    )
