@@ -6,7 +6,8 @@ import os
 import re
 from collections.abc import Sequence
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# "owner/name", or a one-part legacy id the hub still serves ("gpt2", "gpt2-medium").
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve(path_or_id: str | os.PathLike, what: str, files: str,
@@ -14,7 +15,7 @@ def resolve(path_or_id: str | os.PathLike, what: str, files: str,
     """A local directory for `path_or_id`, downloading a hub id with huggingface_hub when online.
 
     Args:
-      path_or_id: a local directory, or an "owner/name" hub id.
+      path_or_id: a local directory, or an "owner/name" (or legacy one-part) hub id.
       what: what is being loaded, for errors ("CLIP checkpoint").
       files: the files such a directory holds, for the offline error.
       allow_patterns: the files to download (all by default).

@@ -20,9 +20,10 @@ KEYS = {
     "train_step": {"token_vs_torch", "feature_vs_token"},
     "inference": {"zeroshot_cost_over_aape_c100"},
     "features": {"rerun_speedup"},
+    "lm": {"prefill_vs_torch", "decode_vs_torch", "greedy_agreement"},
 }
 # Only the benchmarks that compare against PyTorch report its versions on their machine line.
-COMPARES_WITH_TORCH = {"towers", "train_step"}
+COMPARES_WITH_TORCH = {"towers", "train_step", "lm"}
 
 
 def _one_cpu_env() -> dict:
@@ -56,7 +57,7 @@ def test_layout():
 # Modules a training or classifying process imports; `aape_jax.bench` itself loads torch only inside
 # the benchmarks that compare against it.
 TORCH_FREE_MODULES = ("aape_jax", "aape_jax.main", "aape_jax.train", "aape_jax.inference",
-                      "aape_jax.retrieval.train", "aape_jax.bench")
+                      "aape_jax.retrieval.train", "aape_jax.lm", "aape_jax.lm.tiny", "aape_jax.bench")
 
 
 def test_package_imports_leave_torch_and_transformers_unloaded():
@@ -80,7 +81,7 @@ _TORCH_IMPORT = re.compile(r"^([ \t]*)(?:import|from)\s+(torch|transformers)\b",
 # Files that need torch/transformers for a reason of their own, imported lazily inside the one function
 # that needs them (an indented import; a top-level one still fails below):
 LAZY_TORCH_ALLOWED = {
-    "aape_jax/clip/weights.py",  # reading a PyTorch-pickled pytorch_model.bin needs torch.load
+    "aape_jax/hf_weights.py",  # reading a PyTorch-pickled pytorch_model.bin needs torch.load
     "aape_jax/prompts/generate.py",  # generating class descriptions with a local transformers causal LM
 }
 

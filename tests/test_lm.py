@@ -190,15 +190,15 @@ def eos_prone(tmp_path_factory):
 
 def test_eos_handling_equals_transformers(eos_prone):
     ours, ref = eos_prone
-    ids, mask = _left_padded(_ids(1000, (4, 6), seed=4))
-    steps = 10
+    ids, mask = _left_padded(_ids(1000, (6, 6), seed=4))
+    steps = 12
     greedy = ours.generate(ids, mask, max_new_tokens=steps)
     np.testing.assert_array_equal(greedy, _hf_generate(ref, ids, mask, steps, do_sample=False))
     finished = [row for row in greedy if EOS in row.tolist()]
     assert finished and any(row.tolist().index(EOS) < steps - 1 for row in finished), greedy  # EOS mid-way
     for row in finished:  # after EOS, only padding
         assert set(row[row.tolist().index(EOS) + 1:].tolist()) <= {PAD}
-    for beams, penalty in ((2, 1.0), (4, 1.0), (4, 0.5)):
+    for beams, penalty in ((2, 1.0), (4, 1.0), (4, 0.5), (3, 2.0)):
         got = ours.generate(ids, mask, max_new_tokens=steps, method="beam", num_beams=beams, length_penalty=penalty)
         np.testing.assert_array_equal(got, _hf_generate(ref, ids, mask, steps, do_sample=False, num_beams=beams,
                                                         length_penalty=penalty))
@@ -228,7 +228,7 @@ def test_cached_steps_equal_the_uncached_forward(pair, family):
     full_ids = np.concatenate([ids, new], 1)
     full_mask = np.concatenate([mask, np.ones_like(new, bool)], 1)
     full = np.asarray(ours.logits(full_ids, full_mask))
-    dec = gen._Decoder(ours.params, gen.Settings(ours.config, jnp.float32, new.shape[1], "greedy"))
+    dec = gen.CachedDecoder(ours.params, gen.Settings(ours.config, jnp.float32, new.shape[1], "greedy"))
     logits, caches, key_valid, positions = jax.jit(dec.prefill)(ours.embed(ids), jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(logits), full[:, ids.shape[1] - 1], atol=1e-4, rtol=0)
     step = jax.jit(dec.step)
@@ -253,6 +253,9 @@ def test_top_p(pair):
     greedy = ours.generate(ids, max_new_tokens=6)
     # A nucleus of one token is greedy decoding, whatever the seed.
     np.testing.assert_array_equal(ours.generate(ids, max_new_tokens=6, method="top_p", top_p=1e-6, seed=5), greedy)
+    # A temperature near 0 sharpens the whole vocabulary onto the argmax.
+    np.testing.assert_array_equal(
+        ours.generate(ids, max_new_tokens=6, method="top_p", top_p=1.0, temperature=1e-4, seed=3), greedy)
     hot = dict(max_new_tokens=6, method="top_p", top_p=1.0, temperature=5.0)
     a, b = ours.generate(ids, seed=1, **hot), ours.generate(ids, seed=1, **hot)
     np.testing.assert_array_equal(a, b)

@@ -1,29 +1,35 @@
-r"""Benchmarks: ours vs transformers' PyTorch CLIP on the same weights, in one process.
+r"""Benchmarks: ours vs transformers' PyTorch CLIP (and decoder) on the same weights, in one process.
 
     python -m aape_jax.bench towers       # image/text tower throughput, MFU of the image tower
     python -m aape_jax.bench train_step   # training images/s, B=32, C=50: token vs PyTorch, feature vs token
     python -m aape_jax.bench inference    # per-image classification cost, C = 10, 100, 1000
     python -m aape_jax.bench features     # base-to-new run: cold feature store vs rerun
+    python -m aape_jax.bench lm           # decoder prefill / cached decoding tokens/s vs transformers' GPT-2
     python -m aape_jax.bench NAME --smoke # tiny geometry, one repeat (CI); figures mean nothing
 
 Every benchmark prints its configuration, the machine and its figures, and as
 its LAST line one JSON object. Weights: a random CLIP of the real ViT-B/16
 geometry and 49,408-token vocabulary (`clip.tiny.write_checkpoint`, vocabulary
 from `--tokenizer_dir`), loaded by our `clip.load` and by
-`transformers.CLIPModel.from_pretrained` from the same directory.
+`transformers.CLIPModel.from_pretrained` from the same directory; for `lm`, a
+random decoder of GPT-2 small's width, heads and 50,257-token vocabulary with
+`--lm_layers` blocks (`lm.tiny.write_checkpoint`), loaded by our `lm.load` and
+by `transformers.AutoModelForCausalLM.from_pretrained`.
 Timings: a warm-up call (compilation) excluded, then the median of
 `--repeats` calls, each blocking until its result is ready. PyTorch runs fp32
 with all cores (`torch.set_num_threads(os.cpu_count())`), on the GPU when
 there is one.
 
 This module is the JAX side; the PyTorch side (reference CLIP, the PyTorch
-AAPE step) is `aape_jax.bench.torch_reference`, imported only by the
-benchmarks that compare against it (`towers`, `train_step`).
+AAPE step, the reference decoder) is `aape_jax.bench.torch_reference`,
+imported only by the benchmarks that compare against it (`towers`,
+`train_step`, `lm`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -41,6 +47,7 @@ import numpy as np
 import optax
 
 from aape_jax import clip as clip_lib
+from aape_jax import lm
 from aape_jax import toyworld, trainer, zeroshot
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.model import CLIP
@@ -49,6 +56,8 @@ from aape_jax.configs.classification import base2new
 from aape_jax.data.text_features import class_text
 from aape_jax.errors import ConfigError
 from aape_jax.inference import AAPEClassifier
+from aape_jax.lm import generate as lm_generate
+from aape_jax.lm import tiny as lm_tiny
 from aape_jax.models.aape import AAPE, AAPEConfig, init_params
 from aape_jax.models.heads import make_head
 from aape_jax.train_step import LossWeights, StepData, make_loss_fn
@@ -438,11 +447,60 @@ def bench_features(args: argparse.Namespace) -> None:
                         "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result)
 
 
+# ------------------------------------------------------------------ 5. language model
+
+
+def bench_lm(args: argparse.Namespace) -> None:
+    """Prefill and cached greedy decoding, tokens/s, ours vs transformers' PyTorch decoder on one checkpoint."""
+    from aape_jax.bench import torch_reference
+
+    # GPT-2 small's width, heads, MLP and vocabulary with fewer layers (--lm_layers); tiny with --smoke.
+    geometry = {} if args.smoke else dict(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=64,
+                                          intermediate_size=3072, num_layers=args.lm_layers, vocab_size=50257,
+                                          max_positions=1024)
+    batch, prompt, steps = (2, 8, 4) if args.smoke else (args.lm_batch, args.lm_prompt, args.lm_new_tokens)
+    with tempfile.TemporaryDirectory() as d:
+        lm_tiny.write_checkpoint(d, "gpt2", seed=0, **geometry)
+        loaded, ref = lm.load(d), torch_reference.LanguageModelReference(d)
+    # No EOS: every row decodes all `steps` tokens on both sides (transformers: min_new_tokens).
+    ours = lm.LanguageModel(loaded.params, dataclasses.replace(loaded.config, eos_token_ids=()), loaded.tokenizer)
+    ids = np.random.default_rng(0).integers(0, ours.config.vocab_size, (batch, prompt)).astype(np.int32)
+    mask = jnp.ones((batch, prompt), bool)
+
+    # Equal outputs first: the comparison is between the same computation.
+    agreement = float(np.mean(ours.generate(ids, max_new_tokens=steps) == ref.generate(ids, steps)))
+    decoder = lm_generate.CachedDecoder(ours.params, lm_generate.Settings(ours.config, jnp.float32, steps, "greedy"))
+    prefill = jax.jit(lambda params, embeds, mask: lm_generate.CachedDecoder(params, decoder.s).prefill(embeds, mask)[0])
+
+    rep = args.repeats
+    t_prefill_ours = timeit(lambda: prefill(ours.params, ours.embed(ids), mask).block_until_ready(), rep)
+    t_prefill_ref = timeit(ref.prefill_call(ids), rep)
+    t_gen_ours = timeit(lambda: ours.generate(ids, max_new_tokens=steps), rep)
+    t_gen_ref = timeit(ref.generate_call(ids, steps), rep)
+    # Decoding time: the whole greedy generate less its prefill, on each side.
+    decode_ours = batch * steps / max(t_gen_ours - t_prefill_ours, 1e-9)
+    decode_ref = batch * steps / max(t_gen_ref - t_prefill_ref, 1e-9)
+    prefill_ours, prefill_ref = batch * prompt / t_prefill_ours, batch * prompt / t_prefill_ref
+    result = {"prefill_vs_torch": _round(prefill_ours / prefill_ref), "decode_vs_torch": _round(decode_ours / decode_ref),
+              "prefill_tokens_per_s": _round(prefill_ours), "decode_tokens_per_s": _round(decode_ours),
+              "greedy_agreement": _round(agreement)}
+    figures = {
+        "greedy tokens equal to the reference's": f"{agreement:.1%}",
+        "prefill tokens/s (ours, reference)": f"{prefill_ours:.0f}, {prefill_ref:.0f}",
+        "cached decoding tokens/s (ours, reference)": f"{decode_ours:.1f}, {decode_ref:.1f}",
+        "greedy generate s (ours, reference)": f"{t_gen_ours:.3f}, {t_gen_ref:.3f}",
+    }
+    c = ours.config
+    report("lm", {"family": "gpt2", "hidden_size": c.hidden_size, "layers": c.num_layers, "heads": c.num_heads,
+                  "vocab_size": c.vocab_size, "batch": batch, "prompt_tokens": prompt, "new_tokens": steps,
+                  "repeats": rep, "smoke": args.smoke}, figures, result, reference=torch_reference.machine_info())
+
+
 # ------------------------------------------------------------------ entry point
 
 
 BENCHMARKS = {"towers": bench_towers, "train_step": bench_train_step, "inference": bench_inference,
-              "features": bench_features, "_step_memory": step_memory}
+              "features": bench_features, "lm": bench_lm, "_step_memory": step_memory}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -462,12 +520,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synthetic_classes", type=int, default=16, help="features: synthetic classes (at most 16)")
     parser.add_argument("--synthetic_test", type=int, default=8, help="features: test images per class")
     parser.add_argument("--views", type=int, default=4, help="features: augmented views per training image")
+    parser.add_argument("--lm_layers", type=int, default=4, help="lm: decoder blocks of the GPT-2-small-wide model")
+    parser.add_argument("--lm_batch", type=int, default=4, help="lm: prompts per call")
+    parser.add_argument("--lm_prompt", type=int, default=128, help="lm: prompt tokens")
+    parser.add_argument("--lm_new_tokens", type=int, default=32, help="lm: greedy tokens generated")
     parser.add_argument("--token_position", default="suffix", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats = 1
-    else:  # the real vocabulary, found (or a clear error) before any slow work
+    elif args.name != "lm":  # the real CLIP vocabulary, found (or a clear error) before any slow work
         try:
             args.tokenizer_dir = resolve_tokenizer_dir(args.tokenizer_dir)
         except ConfigError as e:

@@ -1,7 +1,8 @@
-"""The PyTorch side of the benchmarks: transformers' CLIP on the same weights and the AAPE step in PyTorch.
+"""The PyTorch side of the benchmarks: transformers' CLIP and decoders on the same weights, and the AAPE step
+in PyTorch.
 
 All of the project's PyTorch/transformers benchmarking code lives here, imported only inside the benchmarks
-that compare against PyTorch (`towers`, `train_step`): importing any other module of the package never
+that compare against PyTorch (`towers`, `train_step`, `lm`): importing any other module of the package never
 loads torch. PyTorch runs fp32 with all cores, on the GPU when there is one; every call handed back for
 timing blocks until its result is ready.
 """
@@ -169,3 +170,28 @@ class TorchAAPE:
         self.opt.step()
         sync()
         return float(loss.detach())
+
+
+class LanguageModelReference:
+    """transformers' PyTorch decoder (`AutoModelForCausalLM`, fp32, eval) on a checkpoint, with the calls
+    `bench lm` times: the prefill (the prompt's forward with a fresh cache, logits of the last position only)
+    and greedy `generate` of exactly `steps` tokens."""
+
+    def __init__(self, directory: str):
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        self.model.eval().to(DEVICE)
+
+    def prefill_call(self, ids: np.ndarray) -> Callable[[], None]:
+        ids = to_device(ids).long()
+        return blocking(lambda: self.model(input_ids=ids, use_cache=True, logits_to_keep=1))
+
+    def generate(self, ids: np.ndarray, steps: int) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=to_device(ids).long(), attention_mask=torch.ones_like(
+                to_device(ids)).long(), do_sample=False, max_new_tokens=steps, min_new_tokens=steps,
+                pad_token_id=0)
+        return out[:, ids.shape[1]:].cpu().numpy()
+
+    def generate_call(self, ids: np.ndarray, steps: int) -> Callable[[], None]:
+        return blocking(lambda: self.generate(ids, steps))

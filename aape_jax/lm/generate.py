@@ -56,7 +56,7 @@ def _eos(config: LMConfig) -> jax.Array:
     return jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
 
 
-class _Decoder:
+class CachedDecoder:
     """The prefill and the one-token step, closed over the parameters inside one trace."""
 
     def __init__(self, params: Any, settings: Settings):
@@ -94,7 +94,7 @@ def _top_p_filter(logits: jax.Array, top_p: jax.Array) -> jax.Array:
 
 
 def _sample_or_greedy(params, embeds, mask, key, top_p, temperature, settings: Settings) -> jax.Array:
-    dec = _Decoder(params, settings)
+    dec = CachedDecoder(params, settings)
     length, steps = embeds.shape[1], settings.max_new_tokens
     logits, caches, key_valid, positions = dec.prefill(embeds, mask)
     eos = _eos(settings.config)
@@ -128,7 +128,7 @@ def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def _beam_search(params, embeds, mask, settings: Settings) -> jax.Array:
-    dec = _Decoder(params, settings)
+    dec = CachedDecoder(params, settings)
     b, length = embeds.shape[:2]
     k, steps, lp = settings.num_beams, settings.max_new_tokens, settings.length_penalty
     eos = _eos(settings.config)
