@@ -6,6 +6,8 @@ background; its 5 captions describe the scene in varied phrasings, e.g. "a red
 circle and a blue square on a grey background", "two shapes: a blue square and
 a red circle". Every image and its captions come from a generator seeded by
 (seed, split, index): deterministic, and a prefix of a larger set.
+`captioned_scenes` returns the same images with the objects each one shows,
+for scene-grounded tasks (`aape_jax.data.synthetic_vqa`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from aape_jax.data.captions import CaptionDataset, CaptionedImage
 from aape_jax.data.synthetic import COLORS, SHAPES, draw_shape, noisy_background
 
-__all__ = ["make_captioned_dataset", "CAPTIONS_PER_IMAGE"]
+__all__ = ["make_captioned_dataset", "captioned_scenes", "CAPTIONS_PER_IMAGE"]
 
 CAPTIONS_PER_IMAGE = 5
 _SPLIT_IDS = {"train": 0, "test": 1}
@@ -71,16 +73,44 @@ def _render_scene(objects: list[tuple[str, str]], size: int, rng: np.random.Gene
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+def _scene(split: str, index: int, image_size: int, seed: int) -> tuple[CaptionedImage, tuple[tuple[str, str], ...]]:
+    """Image `index` of `split` with its objects; the one generator both public builders share.
+
+    The draws (object count, objects, rendering, captions) happen in this fixed order from a generator
+    seeded by (seed, split, index) alone, so every caller sees the same image bit for bit.
+    """
+    colors = list(COLORS)
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
+    n = int(rng.integers(1, 4))
+    pairs = rng.choice(len(colors) * len(SHAPES), size=n, replace=False)
+    objects = [(colors[p // len(SHAPES)], SHAPES[p % len(SHAPES)]) for p in pairs]
+    image = CaptionedImage(image=_render_scene(objects, image_size, rng), captions=_captions(objects, rng),
+                           key=f"synthetic_captions/seed{seed}/{split}/{index:05d}")
+    return image, tuple(objects)
+
+
 def _split(split: str, count: int, image_size: int, seed: int) -> list[CaptionedImage]:
-    colors, out = list(COLORS), []
-    for index in range(count):
-        rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-        n = int(rng.integers(1, 4))
-        pairs = rng.choice(len(colors) * len(SHAPES), size=n, replace=False)
-        objects = [(colors[p // len(SHAPES)], SHAPES[p % len(SHAPES)]) for p in pairs]
-        out.append(CaptionedImage(image=_render_scene(objects, image_size, rng), captions=_captions(objects, rng),
-                                  key=f"synthetic_captions/seed{seed}/{split}/{index:05d}"))
-    return out
+    return [_scene(split, index, image_size, seed)[0] for index in range(count)]
+
+
+def captioned_scenes(split: str, count: int, image_size: int = 48,
+                     seed: int = 0) -> list[tuple[CaptionedImage, tuple[tuple[str, str], ...]]]:
+    """The first `count` images of `split`, each with the (colour, shape) objects it shows.
+
+    The images are exactly `make_captioned_dataset(...)`'s for the same split, index, size and seed
+    (same pixels, captions and keys); the objects are in drawing order, e.g.
+    `(("red", "circle"), ("blue", "square"))`. Scene-grounded tasks (the synthetic VQA set) build on it.
+
+    Raises:
+      ValueError: for a split other than "train" or "test", a negative count or an image_size < 24.
+    """
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split {split!r} is not one of {sorted(_SPLIT_IDS)}")
+    if count < 0:
+        raise ValueError(f"image count must be >= 0, got {split}={count}")
+    if image_size < 24:
+        raise ValueError(f"image_size must be >= 24 (three shapes must stay recognisable), got {image_size}")
+    return [_scene(split, index, image_size, seed) for index in range(count)]
 
 
 def make_captioned_dataset(num_train: int = 256, num_test: int = 40, image_size: int = 48,
