@@ -37,6 +37,12 @@ def _encode_image(module: CLIP, params: Any, pixels: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
+def _encode_image_grid(module: CLIP, params: Any, pixels: jax.Array) -> jax.Array:
+    pooled, grid = module.apply({"params": params}, pixels, method=CLIP.encode_image_grid)
+    return jnp.concatenate([pooled, grid.reshape(grid.shape[0], -1)], axis=-1)  # [N, D + P * W]
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
 def _encode_text(module: CLIP, params: Any, ids: jax.Array) -> jax.Array:
     return module.apply({"params": params}, ids, method=CLIP.encode_text)
 
@@ -104,12 +110,29 @@ class FrozenCLIP:
 
     def encode_image(self, pixels: np.ndarray | jax.Array) -> np.ndarray:
         """Preprocessed pixels [N, R, R, 3] -> projected image features [N, D] (not normalised)."""
+        pixels = self._check_pixels(pixels)
+        module = self.module
+        return run_bucketed(lambda x: _encode_image(module, self.params, x), pixels, self.max_batch)
+
+    def _check_pixels(self, pixels: np.ndarray | jax.Array) -> np.ndarray:
         pixels = np.asarray(pixels, dtype=np.float32)
         r = self.config.vision.image_size
         if pixels.ndim != 4 or pixels.shape[1:] != (r, r, self.config.vision.num_channels):
             raise ValueError(f"encode_image expects pixels [N, {r}, {r}, 3], got shape {pixels.shape}")
+        return pixels
+
+    def encode_image_grid(self, pixels: np.ndarray | jax.Array) -> np.ndarray:
+        """Preprocessed pixels [N, R, R, 3] -> [N, D + P * W]: the projected feature, then the last block's
+        P patch tokens (width W), flattened into one row so they are cached and batched like features
+        (`unpack_grid` splits them)."""
+        pixels = self._check_pixels(pixels)
         module = self.module
-        return run_bucketed(lambda x: _encode_image(module, self.params, x), pixels, self.max_batch)
+        return run_bucketed(lambda x: _encode_image_grid(module, self.params, x), pixels, self.max_batch)
+
+    def unpack_grid(self, rows: np.ndarray | jax.Array) -> tuple[Any, Any]:
+        """Rows [..., D + P * W] of `encode_image_grid` -> (features [..., D], patch tokens [..., P, W])."""
+        d, w = self.config.projection_dim, self.config.vision.hidden_size
+        return rows[..., :d], rows[..., d:].reshape(*rows.shape[:-1], self.config.vision.num_patches, w)
 
     def encode_text(self, ids: np.ndarray | jax.Array) -> np.ndarray:
         """Token ids [N, L] (L <= context length) -> projected text features [N, D] (not normalised)."""

@@ -312,7 +312,7 @@ class VisionEmbeddings(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT image tower; returns the post-LayerNorm class token.
+    """ViT image tower; returns the post-LayerNorm class token (and, with `grid`, the patch tokens).
 
     Attributes:
       config: image tower geometry.
@@ -323,7 +323,9 @@ class VisionTransformer(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, pixels: jax.Array) -> jax.Array:
+    def __call__(self, pixels: jax.Array, grid: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """pixels [N, R, R, 3] -> class token [N, W]; with `grid`, also the patch tokens of the last
+        block [N, P, W] (transformers' `last_hidden_state[:, 1:]`, before the final LayerNorm)."""
         c = self.config
         ln = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name=name)
         x = VisionEmbeddings(c, self.dtype, name="embeddings")(pixels)  # [N, P+1, W]
@@ -332,13 +334,14 @@ class VisionTransformer(nn.Module):
             c.num_layers, c.num_heads, c.intermediate_size, c.hidden_act, c.layer_norm_eps,
             causal=False, dtype=self.dtype, name="encoder",
         )(x)
-        return ln("post_layernorm")(x[:, 0])  # [N, W]
+        pooled = ln("post_layernorm")(x[:, 0])  # [N, W]
+        return (pooled, x[:, 1:]) if grid else pooled
 
 
 class CLIP(nn.Module):
     """Both towers and their projections into the D-dim joint space.
 
-    Call through `apply(..., method=...)` with one of `encode_image`,
+    Call through `apply(..., method=...)` with one of `encode_image`, `encode_image_grid`,
     `encode_text`, `embed_tokens`, `encode_text_embeddings`, `encode_text_prefix`,
     `encode_text_after_prefix`; `__call__` runs all (used to initialise every parameter at once).
 
@@ -366,6 +369,11 @@ class CLIP(nn.Module):
     def encode_image(self, pixels: jax.Array) -> jax.Array:
         """NHWC normalised pixels [N, R, R, 3] -> projected image features [N, D] (not normalised)."""
         return self.visual_projection(self.vision_model(pixels)).astype(jnp.float32)
+
+    def encode_image_grid(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """pixels -> (projected image features [N, D], the last block's patch tokens [N, P, W]), float32."""
+        pooled, grid = self.vision_model(pixels, grid=True)
+        return self.visual_projection(pooled).astype(jnp.float32), grid.astype(jnp.float32)
 
     def encode_text(self, ids: jax.Array) -> jax.Array:
         """Token ids [N, L], L <= context length -> projected text features [N, D] (not normalised)."""
