@@ -44,11 +44,13 @@ IGNORED_ON_RESUME: tuple[str, ...] = (
     # evaluation only: what is evaluated after training, and in what batches
     "eval_batch_size", "evaluate_split", "report_zeroshot", "transfer_targets",
     "eval", "eval_primary", "eval_block", "eval_ties",  # retrieval's evaluation sets and ranking
+    "coco_metrics", "decoding",  # captioning's scores and how its evaluation captions are decoded
+    "vqa.shots", "vqa.style", "vqa.max_questions",  # which VQA evaluations run and how they are scored
     # layout only: the same global batch and step on other devices (equal up to float rounding)
     "num_devices", "parallelism",
 )
 
-TASKS = ("classification", "retrieval")
+TASKS = ("classification", "retrieval", "captioning", "vqa")
 PROMPTED_METHODS = ("aape", "cupl")  # methods that read config.prompts.path
 
 _ABSENT = object()
@@ -157,6 +159,38 @@ def _retrieval_rules() -> list[tuple[str, _Rule]]:
     ]
 
 
+def _captioning_rules() -> list[tuple[str, _Rule]]:
+    from aape_jax.captioning.model import IMAGE_INPUTS, METHODS
+    from aape_jax.lm.generate import METHODS as DECODING
+    from aape_jax.lm.tiny import FAMILIES
+
+    return [
+        ("method", _choice(METHODS)), ("lm", _string), ("random_lm_family", _choice(FAMILIES)),
+        ("lm_dtype", _choice(("float32", "bfloat16", "float16"))),
+        ("lm_param_dtype", _choice(("float32", "bfloat16", "float16"))),
+        ("dataset.max_captions", _integer(0)), ("dataset.augment", _boolean),
+        ("model.image_input", _choice(IMAGE_INPUTS)), ("model.num_image_tokens", _integer(0)),
+        ("model.num_aape_tokens", _integer(1)), ("compare_limber", _boolean), ("prompt", _string),
+        ("max_caption_tokens", _integer(1)), ("coco_metrics", _boolean),
+        ("decoding.method", _choice(DECODING)), ("decoding.num_beams", _integer(1)),
+        ("decoding.length_penalty", _real(0)), ("decoding.max_new_tokens", _integer(1)),
+    ]
+
+
+def _vqa_rules() -> list[tuple[str, _Rule]]:
+    from aape_jax.vqa import STYLES
+
+    shots = _rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(n) and n >= 0 for n in v),
+                  "must be a non-empty list of integers >= 0")
+    return _captioning_rules() + [
+        ("vqa.name", _choice(("synthetic", "vqav2"))), ("vqa.root", _string), ("vqa.annotations_dir", _string),
+        ("vqa.check_files", _boolean), ("vqa.max_questions", _integer(0)), ("vqa.max_train_questions", _integer(0)),
+        ("vqa.synthetic_train", _integer(1)), ("vqa.synthetic_test", _integer(1)), ("vqa.shots", shots),
+        ("vqa.style", _choice(STYLES)), ("vqa.finetune_questions", _integer(0)), ("vqa.finetune_epochs", _integer(1)),
+        ("vqa.finetune_batch_size", _integer(1)), ("vqa.finetune_learning_rate", _real(0, strict=True)),
+    ]
+
+
 def _fmt(v: Any) -> str:
     if v is _ABSENT:
         return "<absent>"
@@ -171,7 +205,9 @@ def problems(config: Any, device_count: int | None = None) -> list[str]:
     task = "classification" if task is _ABSENT else task
     if task not in TASKS:
         return [f"config.task is {_fmt(task)} ({_choice(TASKS)(task)})"]
-    rules = _common_rules() + (_classification_rules() if task == "classification" else _retrieval_rules())
+    task_rules = {"classification": _classification_rules, "retrieval": _retrieval_rules,
+                  "captioning": _captioning_rules, "vqa": _vqa_rules}[task]
+    rules = _common_rules() + task_rules()
     out = []
     for path, check in rules:
         value = _get(config, path)
@@ -198,7 +234,7 @@ def _cross_field_problems(config: Any, task: str, device_count: int | None, bad:
     if ("config.init" not in bad and isinstance(init, str) and init
             and not storage.path(os.path.join(init, "checkpoints")).is_dir()):
         out.append(f"config.init is {init!r} (no checkpoints/ folder there: it must be the workdir of a run)")
-    if task == "retrieval":
+    if task in ("retrieval", "captioning"):
         primary, sets = _get(config, "eval_primary"), _get(config, "eval")
         if primary is not _ABSENT and sets is not _ABSENT and primary not in sets:
             out.append(f"config.eval_primary is {_fmt(primary)} (not one of the sets of config.eval: "

@@ -71,6 +71,21 @@ def _error_log(workdir: str) -> str | None:
         return None
 
 
+def _print_captioning(metrics: dict) -> None:
+    """The primary scores (AAPE's, then the LiMBeR baseline's), and a few captions or answers."""
+    names = ("cider_d", "bleu_4", "meteor", "clip_s", "refclip_s", "vqa_accuracy", "vqa_accuracy_finetuned")
+    keys = [f"{prefix}{k}" for prefix in ("", "limber_") for k in names]
+    keys += sorted(k for k in metrics if k.endswith("shot"))
+    print(" ".join(f"{k}={metrics[k]:.2f}" for k in keys if isinstance(metrics.get(k), float))
+          + (" (random CLIP/decoder weights: these scores mean nothing)"
+             if metrics["random_weights"] or metrics["random_lm"] else ""))
+    for sample in metrics.get("samples", []):
+        if "question" in sample:
+            print(f"{sample['question']!r}: {sample['answer']!r} (humans: {sample['human_answers'][:3]})")
+        else:
+            print(f"{sample['key']}: {sample['caption']!r} (reference: {sample['references'][0]!r})")
+
+
 def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -90,8 +105,23 @@ def _main(argv: list[str]) -> None:
         if distributed.is_main_process():
             print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
         return
+    if config.task == "captioning":
+        from aape_jax.captioning.train import train_and_evaluate as train_captioning
+
+        metrics = train_captioning(config, _WORKDIR.value)
+        if distributed.is_main_process():
+            _print_captioning(metrics)
+        return
+    if config.task == "vqa":
+        from aape_jax.captioning.vqa_train import train_and_evaluate as train_vqa
+
+        metrics = train_vqa(config, _WORKDIR.value)
+        if distributed.is_main_process():
+            _print_captioning(metrics)
+        return
     if config.task != "classification":
-        raise app.UsageError(f"config.task is {config.task!r}; choose 'classification' or 'retrieval'")
+        raise app.UsageError(f"config.task is {config.task!r}; choose 'classification', 'retrieval', "
+                             "'captioning' or 'vqa'")
 
     from aape_jax.config_check import latest_checkpoint_step
     from aape_jax.inference import AAPEClassifier

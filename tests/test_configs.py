@@ -34,6 +34,9 @@ DOCUMENTED: dict[str, tuple[str, ...]] = {
     "aape_retrieval_coco": ("", "flickr_root=/data/flickr30k-images", "source=tfds", "seed=2,aggregator=mean"),
     "aape_retrieval_flickr_zeroshot": ("", "score=sum"),
     "aape_retrieval_flickr_finetune": ("", "seed=2"),
+    "aape_captioning": ("", "runlocal", "image_input=grid,aggregator=mean", "method=limber,dataset=coco"),
+    "limber_captioning": ("", "runlocal", "image_input=grid"),
+    "aape_vqa": ("", "runlocal", "style=update_style"),
 }
 
 # Run in a fresh interpreter: loads every config through ml_collections' own `--config FILE:ARGS` flag.
