@@ -22,7 +22,8 @@ import os
 import re
 import sys
 import traceback
-from typing import IO
+from collections.abc import Sequence
+from typing import IO, Any
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -107,6 +108,13 @@ def _no_space_path(x: BaseException) -> str | None:
         return os.fspath(x.filename or x.filename2)
     m = _QUOTED_PATH.search(str(x))
     return m.group(1) if m else None
+
+
+def listing(items: Sequence[Any], quote: bool = True, limit: int = 10) -> str:
+    """The first `limit` items of an error's offenders (repr'd, or as they are when they are descriptions
+    already) and how many more."""
+    shown = ", ".join(repr(x) if quote else str(x) for x in items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def one_line(message: str, limit: int = 500) -> str:

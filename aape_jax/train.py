@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import distributed, evaluate, methods, sharding, storage, trainer
+from aape_jax import distributed, evaluate, methods, storage, trainer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data import protocol, synthetic
 from aape_jax.data import toyworld as toyworld_data
@@ -92,12 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     made with). `num_epochs == 0` evaluates without training
     (`trainer.evaluation_params`); no training images are encoded then.
     """
-    workdir = storage.absolute(workdir)
-    record = trainer.prepare_workdir(config, workdir)
-    if config.feature_store:
-        storage.check_writable(config.feature_store, "config.feature_store")
-    mesh = sharding.make_mesh(config.num_devices or None)
-    sharding.check_divisible(config.batch_size, mesh)
+    workdir, record, mesh = trainer.start_run(config, workdir)
     store = FeatureStore(config.feature_store or os.path.join(workdir, "feature_store"))
 
     # Stage 1: the frozen CLIP, once, into the store.

@@ -116,6 +116,22 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return record
 
 
+def start_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, dict, Any]:
+    """Every task's first step, before any slow work: the absolute workdir, its record
+    (`prepare_workdir`), a writable `config.feature_store`, and the device mesh the batch size divides.
+
+    Returns:
+      (workdir, record, mesh).
+    """
+    workdir = storage.absolute(workdir)
+    record = prepare_workdir(config, workdir)
+    if config.feature_store:
+        storage.check_writable(config.feature_store, "config.feature_store")
+    mesh = sharding.make_mesh(config.num_devices or None)
+    sharding.check_divisible(config.batch_size, mesh)
+    return workdir, record, mesh
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
     """SGD or AdamW with linear warmup + cosine decay, weight decay and global-norm clipping."""
     total = max(1, steps_per_epoch * num_epochs)

@@ -22,6 +22,7 @@ from aape_jax.captioning import AAPECaptioner
 from aape_jax.captioning import train as captioning_train
 from aape_jax.captioning.model import CaptionMaps, MapConfig, init_maps
 from aape_jax.captioning.train_step import CaptionData, example_keys, make_loss_fn, pick_targets, target_loss
+from aape_jax.configs.retrieval import data_spec
 from aape_jax.data.synthetic_captions import make_captioned_dataset
 from aape_jax.errors import ConfigError
 from aape_jax.lm import tiny as lm_tiny
@@ -50,10 +51,29 @@ def store(tmp_path_factory):
     return tmp_path_factory.mktemp("captioning_store")
 
 
+def _nocaps(root):
+    """A NoCaps val tree: two images per domain, three captions each."""
+    os.makedirs(root, exist_ok=True)
+    images, annotations = [], []
+    for i, domain in enumerate(["in-domain", "near-domain", "out-domain"] * 2):
+        name = f"{i:016x}.jpg"
+        Image.fromarray(make_captioned_dataset(0, 6).test[i].image).save(os.path.join(root, name))
+        images.append({"id": i, "file_name": name, "domain": domain})
+        annotations += [{"image_id": i, "id": 10 * i + j, "caption": f"a shape number {j} on a grey background"}
+                        for j in range(3)]
+    with open(os.path.join(root, captioning_train.NOCAPS_FILE), "w") as f:
+        json.dump({"images": images, "annotations": annotations}, f)
+    return str(root)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, store):
+    """AAPE and the LiMBeR baseline; beam search; the synthetic test set and a small NoCaps val."""
     workdir = tmp_path_factory.mktemp("captioning_run")
-    return str(workdir), captioning_train.train_and_evaluate(_config(store), str(workdir))
+    config = _config(store, **{"decoding.method": "beam", "decoding.num_beams": 2})
+    config.eval.nocaps_val = data_spec("nocaps", "val")
+    config.eval.nocaps_val.root = _nocaps(tmp_path_factory.mktemp("nocaps"))
+    return str(workdir), captioning_train.train_and_evaluate(config, str(workdir))
 
 
 # ---------------------------------------------------------------- the loss
@@ -144,6 +164,10 @@ def test_runlocal_trains_and_writes_metrics(trained):
     for part in ("distill", "agg"):
         assert metrics["history"][-1][part] < metrics["history"][0][part], part
     assert "distill" not in metrics["limber_history"][0]
+    for prefix in ("", "limber_"):  # NoCaps: the whole set and each domain
+        for part in ("", "in_", "near_", "out_"):
+            for key in ("cider_d", "bleu_4", "meteor", "clip_s", "refclip_s"):
+                assert isinstance(on_disk[f"{prefix}nocaps_val_{part}{key}"], float), (prefix, part, key)
     assert len(metrics["samples"]) == 5 and all(isinstance(s["caption"], str) for s in metrics["samples"])
     # Only the maps are checkpointed (never CLIP or the decoder); the baseline in its own folder.
     for run, tree in ((workdir, {"image_map", "aape", "aape_map"}), (os.path.join(workdir, "limber"), {"image_map"})):

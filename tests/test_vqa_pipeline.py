@@ -35,7 +35,8 @@ def store(tmp_path_factory):
 
 
 def test_runlocal_vqa(store, tmp_path):
-    metrics = vqa_train.train_and_evaluate(_config(store), str(tmp_path))
+    """With the ViT's patch grid as the image input: one soft token per patch."""
+    metrics = vqa_train.train_and_evaluate(_config(store, **{"model.image_input": "grid"}), str(tmp_path))
     on_disk = json.load(open(tmp_path / "metrics.json"))
     for prefix in ("", "limber_"):
         for key in ("vqa_accuracy", "vqa_accuracy_0shot", "vqa_accuracy_2shot", "vqa_accuracy_finetuned"):

@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import sharding, storage, trainer
+from aape_jax import trainer
 from aape_jax.captioning import metrics as metrics_lib
 from aape_jax.captioning.captioner import AAPECaptioner
 from aape_jax.captioning.model import CaptionMaps, init_maps, maps_config
@@ -31,14 +30,13 @@ from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data import captions as captions_lib
 from aape_jax.data.feature_store import FeatureStore
 from aape_jax.data.text_features import encode_texts, prompt_table
-from aape_jax.errors import ConfigError
+from aape_jax.errors import ConfigError, listing
 from aape_jax.frozen_stage import image_features, load_clip, load_lm
 from aape_jax.lm.language_model import LanguageModel
 from aape_jax.numerics import l2_normalize
 from aape_jax.retrieval.train import load_captioned
 from aape_jax.train_step import LossWeights
 
-_MAX_LISTED = 10
 NOCAPS_FILE = "nocaps_val_4500_captions.json"  # NoCaps val's captions, beside the images unless `annotations`
 
 
@@ -66,7 +64,7 @@ def check_captions(images: list[captions_lib.CaptionedImage], method: str, where
     single = [im.key for im in images if len(im.captions) < 2]
     if single:
         raise ConfigError(f"{where}: {len(single)} training images have a single caption, and AAPE summarises "
-                          f"an image's OTHER captions (leave-one-out): {single[:_MAX_LISTED]}",
+                          f"an image's OTHER captions (leave-one-out): {listing(single)}",
                           hint="use config.method='limber' for single-caption data")
 
 
@@ -188,6 +186,16 @@ def prepare_targets(config: ml_collections.ConfigDict, model_clip: FrozenCLIP, d
     return targets, target_mask, valid, prompt
 
 
+def train_features(config: ml_collections.ConfigDict, model_clip: FrozenCLIP, store: FeatureStore,
+                   train: list[captions_lib.CaptionedImage]) -> np.ndarray:
+    """Cached features [N, views, F] of the training images (with the patch grid for grid maps)."""
+    if not train:
+        return np.zeros((0, 1, 1), np.float32)
+    return image_features(model_clip, store, captions_lib.as_examples(train), {"captioned": config.dataset.to_dict()},
+                          augment=config.dataset.augment, views=config.dataset.num_views, seed=config.seed,
+                          desc="train image features", grid=config.model.image_input == "grid")
+
+
 def train_maps(method: str, config: ml_collections.ConfigDict, workdir: str, mesh, model_clip: FrozenCLIP,
                decoder: LanguageModel, store: FeatureStore, train: list[captions_lib.CaptionedImage],
                features: np.ndarray, prepared: tuple[np.ndarray, ...] | None) -> tuple[CaptionMaps, Any, list[dict]]:
@@ -227,12 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `NAME_in_cider_d`, `NAME_near_...`, `NAME_out_...`), all x100; the set `config.eval_primary` also
     unprefixed; the LiMBeR baseline's the same under `limber_`. Plus `train_loss`, `history`, `samples`.
     """
-    workdir = storage.absolute(workdir)
-    record = trainer.prepare_workdir(config, workdir)
-    if config.feature_store:
-        storage.check_writable(config.feature_store, "config.feature_store")
-    mesh = sharding.make_mesh(config.num_devices or None)
-    sharding.check_divisible(config.batch_size, mesh)
+    workdir, record, mesh = trainer.start_run(config, workdir)
     # Every data set is read (and its image files checked) before anything slow runs.
     train = load_captioned(config.dataset) if config.num_epochs > 0 else []
     if config.num_epochs > 0 and len(train) < config.batch_size:
@@ -244,10 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model_clip = load_clip(config, workdir)
     decoder = load_lm(config, workdir)
     prepared = prepare_targets(config, model_clip, decoder, train) if train else None
-    grid = config.model.image_input == "grid"
-    features = (image_features(model_clip, store, captions_lib.as_examples(train), {"captioned": config.dataset.to_dict()},
-                               augment=config.dataset.augment, views=config.dataset.num_views, seed=config.seed,
-                               desc="train image features", grid=grid) if train else np.zeros((0, 1, 1)))
+    features = train_features(config, model_clip, store, train)
 
     metrics: dict[str, Any] = {}
     for method in methods:

@@ -23,11 +23,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import sharding, storage, trainer, vqa
+from aape_jax import trainer, vqa
 from aape_jax.captioning.captioner import VQA_PROMPT, AAPECaptioner
-from aape_jax.captioning.train import check_captions, check_context, prepare_targets, soft_length, train_maps
+from aape_jax.captioning.train import (check_captions, check_context, prepare_targets, soft_length, train_features,
+                                       train_maps)
 from aape_jax.captioning.train_step import CaptionData, make_loss_fn
-from aape_jax.data import captions as captions_lib
 from aape_jax.data import vqa as vqa_data
 from aape_jax.data.feature_store import FeatureStore
 from aape_jax.data.synthetic_vqa import make_vqa_dataset
@@ -134,10 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `vqa_accuracy_finetuned` (with `config.vqa.finetune_questions`); the LiMBeR baseline's the same
     under `limber_`; `samples` (a few questions, answers and human answers). Percentages.
     """
-    workdir = storage.absolute(workdir)
-    record = trainer.prepare_workdir(config, workdir)
-    mesh = sharding.make_mesh(config.num_devices or None)
-    sharding.check_divisible(config.batch_size, mesh)
+    workdir, record, mesh = trainer.start_run(config, workdir)
     train = load_captioned(config.dataset) if config.num_epochs > 0 else []
     check_captions(train, config.method, "config.dataset")
     pool, test = load_questions(config.vqa)
@@ -148,10 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     store = FeatureStore(config.feature_store or os.path.join(workdir, "feature_store"))
     model_clip, decoder = load_clip(config, workdir), load_lm(config, workdir)
     prepared = prepare_targets(config, model_clip, decoder, train) if train else None
-    grid = config.model.image_input == "grid"
-    features = (image_features(model_clip, store, captions_lib.as_examples(train), {"captioned": config.dataset.to_dict()},
-                               augment=config.dataset.augment, views=config.dataset.num_views, seed=config.seed,
-                               desc="train image features", grid=grid) if train else np.zeros((0, 1, 1)))
+    features = train_features(config, model_clip, store, train)
     methods = [config.method] + (["limber"] if config.method == "aape" and config.compare_limber else [])
     metrics: dict[str, Any] = {}
     for method in methods:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from etils import epath
@@ -36,7 +36,7 @@ from etils import epath
 from aape_jax import storage
 from aape_jax.data.types import Example, ImageDataset
 
-__all__ = ["IMAGE_EXTENSIONS", "list_entries", "list_images", "list_class_dirs", "class_images",
+__all__ = ["IMAGE_EXTENSIONS", "list_entries", "missing_files", "list_images", "list_class_dirs", "class_images",
            "class_examples", "load_folder"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -61,6 +61,24 @@ def list_entries(directory: str | os.PathLike) -> tuple[list[str], list[str]]:
     with os.scandir(directory) as it:
         entries = list(it)
     return [e.name for e in entries if e.is_dir()], [e.name for e in entries if e.is_file()]
+
+
+
+def missing_files(paths: Sequence[str]) -> list[str]:
+    """The `paths` that do not exist, from one listing per folder: not one stat (or, on a bucket, one
+    request) per file, which for VQAv2's 82k training images would take an hour on gs://."""
+    by_folder: dict[str, set[str]] = {}
+    missing = []
+    for full in paths:
+        folder, name = os.path.split(full)
+        if folder not in by_folder:
+            try:
+                by_folder[folder] = set(list_entries(folder or ".")[1])
+            except (FileNotFoundError, NotADirectoryError):
+                by_folder[folder] = set()
+        if name not in by_folder[folder]:
+            missing.append(full)
+    return missing
 
 
 def _image_names(directory: str | os.PathLike) -> list[str]:

@@ -19,18 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from aape_jax import storage
 from aape_jax.data.captions import CaptionedImage
-from aape_jax.data.folder import list_entries
-from aape_jax.errors import DataError
+from aape_jax.data.folder import missing_files
+from aape_jax.errors import DataError, listing
 
 __all__ = ["DOMAINS", "NoCapsImage", "read_nocaps"]
 
 DOMAINS = ("in-domain", "near-domain", "out-domain")
-_MAX_LISTED = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,30 +46,11 @@ class NoCapsImage:
     image_id: int
 
 
-def _listing(items: Sequence[Any], quote: bool = True) -> str:
-    """The first 10 items (repr'd, or as they are when they are descriptions already) and how many more."""
-    shown = ", ".join(repr(x) if quote else str(x) for x in items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true would pass isinstance(.., int)
 
 
-def _missing_files(paths: Sequence[str]) -> list[str]:
-    """The `paths` that do not exist, from one listing per folder (a bucket request per image is slow)."""
-    by_folder: dict[str, set[str]] = {}
-    missing = []
-    for full in paths:
-        folder, name = os.path.split(full)
-        if folder not in by_folder:
-            try:
-                by_folder[folder] = set(list_entries(folder or ".")[1])
-            except (FileNotFoundError, NotADirectoryError):
-                by_folder[folder] = set()
-        if name not in by_folder[folder]:
-            missing.append(full)
-    return missing
 
 
 def read_nocaps(annotations_path: str | os.PathLike, image_root: str | os.PathLike, *,
@@ -125,7 +104,7 @@ def read_nocaps(annotations_path: str | os.PathLike, image_root: str | os.PathLi
         names.add(image["file_name"])
     if bad_domains:
         raise ValueError(f"{path}: {len(bad_domains)} image(s) with a domain not in {DOMAINS}: "
-                         f"{_listing(bad_domains, quote=False)}")
+                         f"{listing(bad_domains, quote=False)}")
     if not images:
         raise ValueError(f"{path}: holds no images")
 
@@ -142,12 +121,12 @@ def read_nocaps(annotations_path: str | os.PathLike, image_root: str | os.PathLi
     if orphans:
         orphans = list(dict.fromkeys(orphans))
         raise ValueError(f"{path}: captions of {len(orphans)} image id(s) the file's 'images' do not list: "
-                         f"{_listing(orphans)}")
+                         f"{listing(orphans)}")
     uncaptioned = [f"{image_id} ({image['file_name']})" for image_id, image in images.items()
                    if image_id not in captions]
     if uncaptioned:
         raise ValueError(f"{path}: {len(uncaptioned)} image(s) without any caption: "
-                         f"{_listing(uncaptioned, quote=False)}")
+                         f"{listing(uncaptioned, quote=False)}")
 
     root = os.fspath(image_root)
     out = [NoCapsImage(captioned=CaptionedImage(image=os.path.join(root, image["file_name"]),
@@ -155,9 +134,9 @@ def read_nocaps(annotations_path: str | os.PathLike, image_root: str | os.PathLi
                        domain=image["domain"], image_id=image_id)
            for image_id, image in images.items()]
     if check_files:
-        missing = _missing_files([im.captioned.image for im in out])
+        missing = missing_files([im.captioned.image for im in out])
         if missing:
             raise DataError(f"{path}: {len(missing)} of {len(out)} image file(s) do not exist under {root}: "
-                            f"{_listing(missing)}",
+                            f"{listing(missing)}",
                             hint="image_root must hold the Open Images validation images named by 'file_name'")
     return out

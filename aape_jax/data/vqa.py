@@ -32,8 +32,8 @@ import numpy as np
 
 from aape_jax import storage
 from aape_jax.clip.preprocess import ImageLike
-from aape_jax.data.folder import list_entries
-from aape_jax.errors import DataError
+from aape_jax.data.folder import missing_files
+from aape_jax.errors import DataError, listing
 
 __all__ = ["VQAQuestion", "VQA_SPLITS", "ANSWER_TYPES", "read_vqa", "few_shot"]
 
@@ -41,7 +41,6 @@ __all__ = ["VQAQuestion", "VQA_SPLITS", "ANSWER_TYPES", "read_vqa", "few_shot"]
 VQA_SPLITS = {"train": "train2014", "val": "val2014"}
 # The official files' answer types; other sources (the synthetic set) use the same three.
 ANSWER_TYPES = ("yes/no", "number", "other")
-_MAX_LISTED = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +64,6 @@ class VQAQuestion:
     answers: tuple[str, ...]
     answer_type: str
 
-
-def _listing(items: Sequence[Any], quote: bool = True) -> str:
-    """The first 10 items (repr'd, or as they are when they are descriptions already) and how many more."""
-    shown = ", ".join(repr(x) if quote else str(x) for x in items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
 def _is_int(value: Any) -> bool:
@@ -103,23 +97,6 @@ def _check_subtype(data: dict[str, Any], path: str, split: str) -> None:
         raise ValueError(f"{path}: data_subtype is {subtype!r}, but split={split!r} expects {VQA_SPLITS[split]!r}")
 
 
-def _missing_files(paths: Sequence[str]) -> list[str]:
-    """The `paths` that do not exist, with one listing per folder (not one stat or request per file).
-
-    VQAv2 names 82k train images; a bucket request per image would take an hour.
-    """
-    by_folder: dict[str, set[str]] = {}
-    missing = []
-    for full in paths:
-        folder, name = os.path.split(full)
-        if folder not in by_folder:
-            try:
-                by_folder[folder] = set(list_entries(folder or ".")[1])
-            except (FileNotFoundError, NotADirectoryError):
-                by_folder[folder] = set()
-        if name not in by_folder[folder]:
-            missing.append(full)
-    return missing
 
 
 def read_vqa(questions_path: str | os.PathLike, annotations_path: str | os.PathLike,
@@ -204,23 +181,23 @@ def read_vqa(questions_path: str | os.PathLike, annotations_path: str | os.PathL
                                answer_type=ann["answer_type"]))
     if unannotated:
         raise ValueError(f"{qpath}: {len(unannotated)} question(s) without annotations in {apath} "
-                         f"(question ids {_listing(unannotated)}); are the two files of the same split?")
+                         f"(question ids {listing(unannotated)}); are the two files of the same split?")
     if unanswered:
         raise ValueError(f"{apath}: {len(unanswered)} annotation(s) with no answers "
-                         f"(question ids {_listing(unanswered)})")
+                         f"(question ids {listing(unanswered)})")
     if mismatched:
         raise ValueError(f"{qpath} and {apath} disagree on the image of {len(mismatched)} question(s): "
-                         f"{_listing(mismatched, quote=False)}")
+                         f"{listing(mismatched, quote=False)}")
     if not out:
         raise ValueError(f"{qpath}: holds no questions")
     if max_questions:
         out = out[:max_questions]
     if check_files:
         images = list(dict.fromkeys(q.image for q in out))  # questions share images: each is checked once
-        missing = _missing_files(images)
+        missing = missing_files(images)
         if missing:
             raise DataError(f"{qpath}: {len(missing)} of {len(images)} image file(s) do not exist under "
-                            f"{image_root}: {_listing(missing)}",
+                            f"{image_root}: {listing(missing)}",
                             hint=f"image_root must hold COCO's {folder}/ folder")
     return out
 
@@ -243,6 +220,6 @@ def few_shot(questions: Sequence[VQAQuestion], n: int, seed: int) -> list[VQAQue
     ordered = sorted(questions, key=lambda q: q.question_id)
     repeated = sorted({a.question_id for a, b in zip(ordered, ordered[1:]) if a.question_id == b.question_id})
     if repeated:
-        raise ValueError(f"few_shot: {len(repeated)} question id(s) appear more than once: {_listing(repeated)}")
+        raise ValueError(f"few_shot: {len(repeated)} question id(s) appear more than once: {listing(repeated)}")
     order = np.random.default_rng(seed).permutation(len(ordered))
     return [ordered[i] for i in order[:n]]

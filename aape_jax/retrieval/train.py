@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import config_check, sharding, storage, trainer
+from aape_jax import config_check, sharding, trainer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data import captions as captions_lib
 from aape_jax.data.feature_store import FeatureStore
@@ -138,12 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `NAME_zeroshot_i2t_r1` ... (zero-shot CLIP); the set `config.eval_primary` also
     unprefixed (`i2t_r1`, ..., `zeroshot_t2i_r10`). Plus `train_loss`, `gamma`, `history`.
     """
-    workdir = storage.absolute(workdir)
-    record = trainer.prepare_workdir(config, workdir)
-    if config.feature_store:
-        storage.check_writable(config.feature_store, "config.feature_store")
-    mesh = sharding.make_mesh(config.num_devices or None)
-    sharding.check_divisible(config.batch_size, mesh)
+    workdir, record, mesh = trainer.start_run(config, workdir)
     # Every data set is read (and its image files checked) before anything slow runs.
     train = load_captioned(config.dataset) if config.num_epochs > 0 else []
     if config.num_epochs > 0 and len(train) < config.batch_size:
