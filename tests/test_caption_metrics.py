@@ -161,15 +161,22 @@ def test_coco_caption_scores_match_pycocoevalcap():
     references = {1: ["A man rides a horse along the beach.", "A person on a horse by the sea."],
                   2: ["Two dogs play in the grass.", "Dogs playing outside."],
                   3: ["A cat sitting on a couch.", "A small cat on a sofa."]}
-    scores = metrics.coco_caption_scores(candidates, references)
-    assert set(scores) == {"bleu_4", "meteor", "cider_d"}
+    # Every id, and a subset scored as a corpus of its own (NoCaps' domains), with one METEOR process.
+    by_subset = metrics.coco_caption_scores_by_subset(candidates, references, {"all": [1, 2, 3], "two": [1, 3]})
+    assert by_subset["all"] == metrics.coco_caption_scores(candidates, references)
     gts = metrics.tokenize_ptb(references)
     res = metrics.tokenize_ptb({i: [c] for i, c in candidates.items()})
-    assert scores["bleu_4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
-    assert scores["cider_d"] == pytest.approx(float(Cider().compute_score(gts, res)[0]))
-    assert scores["cider_d"] == pytest.approx(metrics.cider_d(
-        {i: r[0] for i, r in res.items()}, gts, tokenize=False), abs=1e-6)
-    assert 0.0 < scores["meteor"] < 1.0 and 0.0 < scores["bleu_4"] < 1.0
+    for name, ids in (("all", [1, 2, 3]), ("two", [1, 3])):
+        scores, g, r = by_subset[name], {i: gts[i] for i in ids}, {i: res[i] for i in ids}
+        assert set(scores) == {"bleu_4", "meteor", "cider_d"}
+        assert scores["bleu_4"] == pytest.approx(Bleu(4).compute_score(g, r, verbose=0)[0][3])
+        assert scores["cider_d"] == pytest.approx(float(Cider().compute_score(g, r)[0]))
+        assert scores["cider_d"] == pytest.approx(metrics.cider_d(
+            {i: x[0] for i, x in r.items()}, g, tokenize=False), abs=1e-6)
+        assert 0.0 < scores["meteor"] < 1.0 and 0.0 < scores["bleu_4"] < 1.0
+    assert by_subset["two"]["cider_d"] != pytest.approx(by_subset["all"]["cider_d"])  # its own idf
+    with pytest.raises(ValueError, match="subset 'bad' is empty or names ids without a candidate: 7"):
+        metrics.coco_caption_scores_by_subset(candidates, references, {"bad": [1, 7]})
 
 
 # ----------------------------------------------------------------------------- CLIP-S, RefCLIP-S by hand

@@ -281,23 +281,43 @@ def coco_caption_scores(candidates: Mapping[Any, str], references: Mapping[Any, 
       ImportError: pycocoevalcap is not installed.
       ValueError / TypeError: as `cider_d`.
     """
+    return coco_caption_scores_by_subset(candidates, references, {"all": list(candidates)})["all"]
+
+
+def coco_caption_scores_by_subset(candidates: Mapping[Any, str], references: Mapping[Any, Sequence[str]],
+                                  subsets: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, float]]:
+    """`coco_caption_scores` of each subset of the ids (e.g. NoCaps' domains), each scored as a corpus of
+    its own, with one PTB tokenisation and one METEOR process for all (each Java start costs seconds).
+
+    Raises:
+      as `coco_caption_scores`; ValueError for a subset id outside `candidates`, or an empty subset.
+    """
     _require_java()
     bleu, meteor, cider, _ = _import_pycocoevalcap()
     _check_captions(candidates, references)
+    for name, ids in subsets.items():
+        unknown = [i for i in ids if i not in candidates]
+        if unknown or not len(ids):
+            raise ValueError(f"subset {name!r} is empty or names ids without a candidate: {_name_ids(unknown)}")
     res = tokenize_ptb({i: [c] for i, c in candidates.items()})
     gts = tokenize_ptb({i: list(references[i]) for i in candidates})
-    bleu_scores, _ = bleu.Bleu(4).compute_score(gts, res, verbose=0)
     meteor_scorer = meteor.Meteor()  # starts a Java process, ended when the scorer is deleted
+    out = {}
     try:
-        meteor_score, _ = meteor_scorer.compute_score(gts, res)
+        for name, ids in subsets.items():
+            sub_gts, sub_res = {i: gts[i] for i in ids}, {i: res[i] for i in ids}
+            bleu_scores, _ = bleu.Bleu(4).compute_score(sub_gts, sub_res, verbose=0)
+            meteor_score, _ = meteor_scorer.compute_score(sub_gts, sub_res)
+            cider_score, _ = cider.Cider().compute_score(sub_gts, sub_res)
+            out[name] = {"bleu_4": float(bleu_scores[3]), "meteor": float(meteor_score),
+                         "cider_d": float(cider_score)}
     finally:
         # A failing compute_score keeps the scorer's lock, and its __del__ (which ends Java)
         # waits for that lock: release it, or an error would turn into a hang.
         if meteor_scorer.lock.locked():
             meteor_scorer.lock.release()
         del meteor_scorer
-    cider_score, _ = cider.Cider().compute_score(gts, res)
-    return {"bleu_4": float(bleu_scores[3]), "meteor": float(meteor_score), "cider_d": float(cider_score)}
+    return out
 
 
 # ----------------------------------------------------------------------------- CLIP-S, RefCLIP-S

@@ -133,18 +133,23 @@ def clip_scores(model_clip: FrozenCLIP, image_z: np.ndarray, captions: list[str]
 
 
 def caption_metrics(model_clip: FrozenCLIP, image_z: np.ndarray, captions: list[str],
-                    references: list[tuple[str, ...]], coco: bool) -> dict[str, float]:
-    """CIDEr-D, CLIP-S and RefCLIP-S, and with `coco` BLEU-4 and METEOR; each x100. CIDEr-D is
-    pycocoevalcap's on PTB tokens with `coco` (as papers report it), else our scorer on our simple
-    tokenisation (`metrics.cider_d`, equal to pycocoevalcap's on the same tokens; no Java needed)."""
+                    references: list[tuple[str, ...]], coco: bool,
+                    subsets: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Per subset of the images (name -> indices, each scored as a corpus of its own): CIDEr-D, CLIP-S and
+    RefCLIP-S, and with `coco` BLEU-4 and METEOR; each x100. CIDEr-D is pycocoevalcap's on PTB tokens
+    with `coco` (as papers report it), else our scorer on our simple tokenisation (`metrics.cider_d`,
+    equal to pycocoevalcap's on the same tokens; no Java needed)."""
     cands = {i: c for i, c in enumerate(captions)}
     refs = {i: list(r) for i, r in enumerate(references)}
-    if coco:
-        scores = metrics_lib.coco_caption_scores(cands, refs)
-        out = {"cider_d": 100 * scores["cider_d"], "bleu_4": 100 * scores["bleu_4"], "meteor": 100 * scores["meteor"]}
+    if coco:  # one PTB tokenisation and one METEOR process for every subset
+        out = {name: {k: 100 * v for k, v in scores.items()}
+               for name, scores in metrics_lib.coco_caption_scores_by_subset(cands, refs, subsets).items()}
     else:
-        out = {"cider_d": 100 * metrics_lib.cider_d(cands, refs)}
-    out.update({k: 100 * v for k, v in clip_scores(model_clip, image_z, captions, references).items()})
+        out = {name: {"cider_d": 100 * metrics_lib.cider_d({i: cands[i] for i in idx}, {i: refs[i] for i in idx})}
+               for name, idx in subsets.items()}
+    for name, idx in subsets.items():
+        scores = clip_scores(model_clip, image_z[idx], [captions[i] for i in idx], [references[i] for i in idx])
+        out[name].update({k: 100 * v for k, v in scores.items()})
     return out
 
 
@@ -156,14 +161,12 @@ def evaluate_set(captioner: AAPECaptioner, store: FeatureStore, images: list[cap
     rows = image_features(captioner.clip, store, captions_lib.as_examples(images), {"captioned": spec.to_dict()},
                           augment=False, views=1, seed=0, desc=f"{desc} image features", grid=grid)[:, 0]
     captions = captioner.caption_features(rows)
-    z = rows[:, :captioner.clip.config.projection_dim]
-    refs = [im.captions for im in images]
-    out = caption_metrics(captioner.clip, z, captions, refs, config.coco_metrics)
+    subsets = {"": list(range(len(images)))}
     for domain in sorted(set(domains or ())):
-        idx = [i for i, d in enumerate(domains) if d == domain]
-        part = caption_metrics(captioner.clip, z[idx], [captions[i] for i in idx], [refs[i] for i in idx],
-                               config.coco_metrics)
-        out.update({f"{domain.replace('-domain', '')}_{k}": v for k, v in part.items()})
+        subsets[f"{domain.replace('-domain', '')}_"] = [i for i, d in enumerate(domains) if d == domain]
+    scored = caption_metrics(captioner.clip, rows[:, :captioner.clip.config.projection_dim], captions,
+                             [im.captions for im in images], config.coco_metrics, subsets)
+    out = {f"{part}{k}": v for part, scores in scored.items() for k, v in scores.items()}
     logging.info("%s (%d images): %s; e.g. %r", desc, len(images), {k: round(v, 2) for k, v in out.items()},
                  captions[:3])
     return out, captions
