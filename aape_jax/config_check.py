@@ -2,9 +2,10 @@
 
 `validate(config)`: every numeric field in range, every choice a known one; a
 `ConfigError` names each bad field and its value (`config.batch_size is -4
-(must be an integer >= 1)`). `config.task` picks the rules: the fields both
-tasks share (`aape_jax/configs/trainer.py`) and the task's own
-(`classification.py`, `retrieval.py`); absent fields are skipped.
+(must be an integer >= 1)`). `config.task` picks the rules: the fields every
+task shares (`aape_jax/configs/trainer.py`) and the task's own
+(`classification.py`, `retrieval.py`, `captioning.py`, `vqa.py`); absent fields
+are skipped.
 
 `resume_record(config, workdir, git)`: a workdir records the config its
 checkpoints and metrics were made with (`config.json`). A rerun whose config

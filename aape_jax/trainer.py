@@ -1,7 +1,7 @@
 """The task-independent trainer: workdir set-up, optimizer, step runner, epoch loop, checkpoints, metrics.
 
-A task (classification `aape_jax/train.py`, retrieval `aape_jax/retrieval/train.py`)
-describes what to train as a `TrainingRun` (its loss, its trainable tree's
+A task (classification `aape_jax/train.py`, retrieval `aape_jax/retrieval/train.py`,
+captioning and VQA `aape_jax/captioning/`) starts with `start_run` and describes what to train as a `TrainingRun` (its loss, its trainable tree's
 initialiser, the data every step shares, precomputed features) and calls
 `fit`; everything else here is shared:
 

@@ -1,8 +1,9 @@
-"""Config fields both tasks share, defined once: the frozen CLIP, the AAPE modules and loss, the trainer.
+"""Config fields every task shares, defined once: the frozen CLIP, the AAPE modules and loss, the trainer.
 
-Classification (aape_jax.train) and retrieval (aape_jax.retrieval.train) load CLIP with the same
-`frozen_stage.load_clip`, build the same aggregator and generator, and train with the same
-`trainer.fit`; the arguments here are the values in which their configs differ.
+Classification (aape_jax.train), retrieval (aape_jax.retrieval.train), captioning and VQA
+(aape_jax.captioning) load CLIP with the same `frozen_stage.load_clip`, build the same aggregator and
+generator, and train with the same `trainer.fit`; the arguments here are the values in which their
+configs differ.
 """
 
 from __future__ import annotations
