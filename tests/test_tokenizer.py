@@ -9,7 +9,13 @@ import shutil
 import numpy as np
 import pytest
 
-from aape_jax.clip.tokenizer import Tokenizer, write_byte_level_vocab
+from aape_jax.clip.tokenizer import (
+    Tokenizer,
+    clean_text,
+    read_vocab_and_merges,
+    write_byte_level_vocab,
+    write_tokenizer_json,
+)
 
 try:  # run as `python -m pytest` from the repo root (tests is then a namespace package)
     from tests.reference import openai_simple_tokenizer as openai_ref
@@ -76,9 +82,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 # ------------------------------------------------------------- equality with OpenAI
 
 
-def test_matches_openai_on_all_cupl_sentences(
-    tok: Tokenizer, ref: openai_ref.SimpleTokenizer, shared_data: pathlib.Path
-) -> None:
+@pytest.fixture(scope="module")
+def cupl_texts(shared_data: pathlib.Path) -> list[str]:
+    """Every class name and LLM sentence of the CuPL prompt files."""
     files = sorted((shared_data / "cupl").glob("*.json"))
     assert files, f"no CuPL files in {shared_data / 'cupl'}"
     texts: list[str] = []
@@ -89,7 +95,13 @@ def test_matches_openai_on_all_cupl_sentences(
             texts.append(classname)
             texts.extend(sentences)
     assert len(texts) > 1000
+    return texts
 
+
+def test_matches_openai_on_all_cupl_sentences(
+    tok: Tokenizer, ref: openai_ref.SimpleTokenizer, cupl_texts: list[str]
+) -> None:
+    texts = cupl_texts
     ours = tok(texts)
     expected = ref_tokenize(ref, texts)
     assert ours.dtype == np.int32 and ours.shape == (len(texts), CONTEXT)
@@ -222,8 +234,29 @@ def test_missing_directory_and_files(tiny_dir: pathlib.Path, tmp_path: pathlib.P
     for name in ("vocab.json", "merges.txt"):
         d = _copy_tiny(tiny_dir, tmp_path / name)
         (d / name).unlink()
-        with pytest.raises(FileNotFoundError, match=name):
+        (d / "tokenizer.json").unlink()
+        with pytest.raises(FileNotFoundError, match=rf"missing: {name}\b"):
             Tokenizer.from_dir(d, CONTEXT)
+
+
+def test_neither_layout_names_both_options(tmp_path: pathlib.Path) -> None:
+    d = tmp_path / "empty_ckpt"
+    d.mkdir()
+    (d / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(FileNotFoundError) as err:
+        Tokenizer.from_dir(d, CONTEXT)
+    message = str(err.value)
+    for part in (str(d), "vocab.json + merges.txt", "or tokenizer.json", "missing: vocab.json, merges.txt"):
+        assert part in message, message
+
+
+def test_incomplete_pair_falls_back_to_tokenizer_json(tiny_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    full = Tokenizer.from_dir(tiny_dir, CONTEXT, 700)
+    for name in ("vocab.json", "merges.txt"):
+        d = _copy_tiny(tiny_dir, tmp_path / name)
+        (d / name).unlink()
+        tok = Tokenizer.from_dir(d, CONTEXT, 700)
+        np.testing.assert_array_equal(tok(TINY_CORPUS[:16]), full(TINY_CORPUS[:16]))
 
 
 def test_vocab_size_mismatch_names_both_sizes(tiny_dir: pathlib.Path) -> None:
@@ -281,8 +314,13 @@ def test_write_byte_level_vocab_layout(tiny_dir: pathlib.Path) -> None:
     assert vocab["<|startoftext|>"] == 698 and vocab["<|endoftext|>"] == 699
     first, second = merges[1].split()
     assert vocab[first + second] == 512
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
         assert (tiny_dir / name).is_file()
+    # tokenizer.json holds the same vocabulary and merges, in the same order.
+    model = json.loads((tiny_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    assert model["type"] == "BPE" and model["end_of_word_suffix"] == "</w>"
+    assert model["vocab"] == vocab
+    assert [" ".join(m) for m in model["merges"]] == merges[1:]
     # The independent OpenAI reference builds the same encoder from merges.txt alone.
     assert openai_ref.SimpleTokenizer(str(tiny_dir / "merges.txt")).encoder == vocab
 
@@ -325,3 +363,229 @@ def test_tiny_vocab_compresses_and_round_trips(tiny_dir: pathlib.Path) -> None:
     # Decoding puts a space after every pre-token ("dog ."), so compare without spaces.
     for sentence in TINY_CORPUS[:16]:
         assert tok.decode(tok(sentence)[0]).replace(" ", "") == sentence.replace(" ", "")
+
+
+# ------------------------------------------------- tokenizer.json (today's transformers)
+
+
+def _json_only(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    """A tokenizer.json-only directory (what CLIPTokenizer.save_pretrained writes) from `src`."""
+    vocab, merges = read_vocab_and_merges(src)
+    write_tokenizer_json(dst, vocab, merges)
+    assert not (dst / "vocab.json").exists() and not (dst / "merges.txt").exists()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def real_json_dir(clip_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return _json_only(clip_dir, tmp_path_factory.mktemp("real_tokenizer_json"))
+
+
+@pytest.fixture(scope="module")
+def tok_json(real_json_dir: pathlib.Path) -> Tokenizer:
+    return Tokenizer.from_dir(real_json_dir, CONTEXT, OPENAI_VOCAB_SIZE)
+
+
+def test_tokenizer_json_reads_the_same_vocabulary(
+    clip_dir: pathlib.Path, real_json_dir: pathlib.Path, ref: openai_ref.SimpleTokenizer
+) -> None:
+    vocab, merges = read_vocab_and_merges(real_json_dir)
+    assert (vocab, merges) == read_vocab_and_merges(clip_dir)
+    assert vocab == ref.encoder
+    assert merges[:3] == sorted(ref.bpe_ranks, key=ref.bpe_ranks.get)[:3]
+    assert {p: r for r, p in enumerate(merges)} == ref.bpe_ranks
+
+
+def test_tokenizer_json_matches_vocab_json_on_all_cupl_sentences(
+    tok: Tokenizer, tok_json: Tokenizer, cupl_texts: list[str]
+) -> None:
+    ours, expected = tok_json(cupl_texts), tok(cupl_texts)
+    mismatched = np.flatnonzero((ours != expected).any(axis=1))
+    assert mismatched.size == 0, [cupl_texts[i] for i in mismatched[:5]]
+
+
+def test_tokenizer_json_hand_cases_and_known_ids(
+    tok: Tokenizer, tok_json: Tokenizer, ref: openai_ref.SimpleTokenizer
+) -> None:
+    assert (tok_json.vocab_size, tok_json.sot_id, tok_json.eot_id) == (49408, 49406, 49407)
+    np.testing.assert_array_equal(tok_json(HAND_CASES), ref_tokenize(ref, HAND_CASES))
+    for text in HAND_CASES:
+        assert tok_json.encode(text) == tok.encode(text), repr(text)
+    assert tok_json.decode(tok_json.encode("crème brûlée 😀")) == "crème brûlée 😀"
+
+
+def test_tokenizer_json_legacy_string_merges(real_json_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """tokenizers < 0.20 stores merges as "a b" strings; both forms give the same merges."""
+    data = json.loads((real_json_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    assert isinstance(data["model"]["merges"][0], list)  # what today's tokenizers writes
+    data["model"]["merges"] = [" ".join(m) for m in data["model"]["merges"]]
+    d = tmp_path / "legacy"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert read_vocab_and_merges(d) == read_vocab_and_merges(real_json_dir)
+    assert Tokenizer.from_dir(d, CONTEXT, OPENAI_VOCAB_SIZE)("a photo of a dog.")[0, 6] == 269
+
+
+def test_tokenizer_json_added_tokens(tiny_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    data = json.loads((tiny_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    assert [t["content"] for t in data["added_tokens"]] == ["<|startoftext|>", "<|endoftext|>"]
+    # Specials only in added_tokens (not in model.vocab) still count.
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        del data["model"]["vocab"][special]
+    d = tmp_path / "added"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    tok = Tokenizer.from_dir(d, CONTEXT, 700)
+    assert (tok.sot_id, tok.eot_id) == (698, 699)
+    np.testing.assert_array_equal(tok(TINY_CORPUS[:16]), Tokenizer.from_dir(tiny_dir, CONTEXT, 700)(TINY_CORPUS[:16]))
+
+
+def _write_json_variant(tiny_dir: pathlib.Path, dst: pathlib.Path, edit) -> pathlib.Path:
+    data = json.loads((tiny_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    edit(data)
+    dst.mkdir(parents=True)
+    (dst / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    return dst
+
+
+def test_malformed_tokenizer_json(tiny_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    d = tmp_path / "notjson"
+    d.mkdir()
+    (d / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"malformed .*tokenizer\.json: not valid UTF-8 JSON"):
+        Tokenizer.from_dir(d, CONTEXT)
+    (d / "tokenizer.json").write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not valid UTF-8"):
+        Tokenizer.from_dir(d, CONTEXT)
+    (d / "tokenizer.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer\.json: expected a JSON object with a 'model'"):
+        Tokenizer.from_dir(d, CONTEXT)
+
+    def set_model(key, value):
+        def edit(data):
+            data["model"][key] = value
+        return edit
+
+    cases = [
+        ("nomodel", lambda data: data.pop("model"), r"tokenizer\.json: expected a JSON object with a 'model'"),
+        ("wordpiece", set_model("type", "WordPiece"), r"tokenizer\.json: model type is 'WordPiece', CLIP needs 'BPE'"),
+        ("unigram", lambda data: data.update(model={"type": "Unigram", "vocab": [["a", 0.0]]}),
+         r"tokenizer\.json: model type is 'Unigram'"),
+        ("nosuffix", set_model("end_of_word_suffix", None), r"tokenizer\.json: not CLIP's BPE.*end_of_word_suffix=None"),
+        ("prefix", set_model("continuing_subword_prefix", "##"), r"tokenizer\.json: not CLIP's BPE.*'##'"),
+        ("vocablist", set_model("vocab", [["a", 0]]), r"tokenizer\.json: model\.vocab must be"),
+        ("vocabstr", lambda data: data["model"]["vocab"].update(a="0"), r"tokenizer\.json: model\.vocab must be"),
+        ("mergesdict", set_model("merges", {"a": "b"}), r"tokenizer\.json: model\.merges must be a list"),
+        ("triple", lambda data: data["model"]["merges"].__setitem__(4, "a b c"),
+         r"tokenizer\.json: model\.merges\[4\] must be .*'a b c'"),
+        ("single", lambda data: data["model"]["merges"].__setitem__(4, ["ab"]),
+         r"tokenizer\.json: model\.merges\[4\] must be .*\['ab'\]"),
+        ("ints", lambda data: data["model"]["merges"].__setitem__(4, [1, 2]), r"tokenizer\.json: model\.merges\[4\]"),
+        ("emptypart", lambda data: data["model"]["merges"].__setitem__(4, "a "), r"tokenizer\.json: model\.merges\[4\]"),
+        ("addedid", lambda data: data["added_tokens"][1].update(id=5),
+         r"tokenizer\.json: added token '<\|endoftext\|>' has id 5 but model\.vocab gives 699"),
+        ("addedbad", lambda data: data["added_tokens"].append({"id": 700}), r"tokenizer\.json: added_tokens\[2\]"),
+    ]
+    for name, edit, pattern in cases:
+        d = _write_json_variant(tiny_dir, tmp_path / name, edit)
+        with pytest.raises(ValueError, match=pattern):
+            Tokenizer.from_dir(d, CONTEXT)
+
+    # The consistency checks and the size check apply as for vocab.json + merges.txt.
+    d = _write_json_variant(tiny_dir, tmp_path / "extramerge", lambda data: data["model"]["merges"].append(["q", "z"]))
+    with pytest.raises(ValueError, match=r"inconsistent .*'qz'.*missing"):
+        Tokenizer.from_dir(d, CONTEXT)
+    d = _write_json_variant(tiny_dir, tmp_path / "nobyte", lambda data: data["model"]["vocab"].pop("a</w>"))
+    with pytest.raises(ValueError, match=r"ids must be exactly|'a</w>' is missing"):
+        Tokenizer.from_dir(d, CONTEXT)
+    d = _json_only(tiny_dir, tmp_path / "size")
+    with pytest.raises(ValueError, match=r"tokenizer\.json has 700 entries.*49408"):
+        Tokenizer.from_dir(d, CONTEXT, vocab_size=OPENAI_VOCAB_SIZE)
+
+
+def test_tiny_writer_tokenizer_json_equals_transformers(tiny_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Our tokenizer.json is the one transformers' CLIPTokenizer saves for the same vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    src = tmp_path / "slow"
+    src.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(tiny_dir / name, src / name)
+    transformers.CLIPTokenizer.from_pretrained(str(src)).save_pretrained(str(tmp_path / "saved"))
+    theirs = json.loads((tmp_path / "saved" / "tokenizer.json").read_text(encoding="utf-8"))
+    ours = json.loads((tiny_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    assert ours == theirs
+    # And we read what transformers wrote like our own files.
+    assert read_vocab_and_merges(tmp_path / "saved") == read_vocab_and_merges(tiny_dir)
+
+
+def test_tiny_writer_both_layouts_load_identically(tiny_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    pair = _copy_tiny(tiny_dir, tmp_path / "pair")
+    (pair / "tokenizer.json").unlink()
+    only_json = _copy_tiny(tiny_dir, tmp_path / "json")
+    (only_json / "vocab.json").unlink()
+    (only_json / "merges.txt").unlink()
+    a, b = Tokenizer.from_dir(pair, CONTEXT, 700), Tokenizer.from_dir(only_json, CONTEXT, 700)
+    texts = TINY_CORPUS[:16] + HAND_CASES
+    np.testing.assert_array_equal(a(texts), b(texts))
+    assert (a.sot_id, a.eot_id, a.vocab_size) == (b.sot_id, b.eot_id, b.vocab_size)
+
+
+def _hf_normalize(text: str) -> str:
+    """transformers' CLIP normaliser (NFC, whitespace, lower case), for choosing texts."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFC", text).split()).lower()
+
+
+def test_transformers_on_tokenizer_json_only_dir_gives_our_ids(
+    real_json_dir: pathlib.Path, tok_json: Tokenizer, cupl_texts: list[str]
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.CLIPTokenizer.from_pretrained(str(real_json_dir))
+    assert len(hf) == OPENAI_VOCAB_SIZE  # not v5's silent 2-token vocabulary
+    assert (hf.bos_token_id, hf.eos_token_id) == (tok_json.sot_id, tok_json.eot_id)
+    # Left out: empty texts, and specials written in a text, which transformers matches before
+    # lower-casing ("<|ENDOFTEXT|>" stays text) and OpenAI after.
+    texts = cupl_texts + [t for t in HAND_CASES if t.strip() and "<|" not in t]
+    # transformers replaces OpenAI's ftfy + HTML clean-up by NFC (see the tokenizer module's
+    # docstring): texts those change (curly quotes, entities) are compared after our cleaning.
+    same = [clean_text(t) == _hf_normalize(t) for t in texts]
+    assert sum(same) > 0.99 * len(texts)
+    inputs = [t if s else clean_text(t) for t, s in zip(texts, same)]
+    for text, ids in zip(texts, hf(inputs)["input_ids"]):
+        assert ids == [tok_json.sot_id, *tok_json.encode(text), tok_json.eot_id], repr(text)
+
+
+def test_clip_load_tokenizer_json_only_checkpoint(tmp_path: pathlib.Path) -> None:
+    from aape_jax import clip
+    from aape_jax.clip import tiny
+
+    directory = pathlib.Path(tiny.write_checkpoint(tmp_path / "tiny"))
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        assert (directory / name).is_file(), name
+    texts = ["a photo of a dog.", "a sculpture of the large origami", *TINY_CORPUS[:16], *HAND_CASES]
+    expected = Tokenizer.from_dir(directory, 32, 1024)(texts)
+    (directory / "vocab.json").unlink()
+    (directory / "merges.txt").unlink()
+    model = clip.load(directory)
+    assert model.tokenizer.vocab_size == 1024 and model.tokenizer.eot_id == model.config.text.eot_token_id
+    ids = model.tokenize(texts)
+    np.testing.assert_array_equal(ids, expected)
+    assert np.isfinite(model.encode_text(ids[:2])).all()
+
+
+def test_tiny_checkpoint_from_tokenizer_json_only_vocabulary(
+    real_json_dir: pathlib.Path, clip_dir: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """`tiny.write_checkpoint(tokenizer_dir=...)` takes the real vocabulary from tokenizer.json too."""
+    from aape_jax.clip import tiny
+
+    directory = pathlib.Path(tiny.write_checkpoint(tmp_path / "real_vocab", "tiny", tokenizer_dir=real_json_dir))
+    assert read_vocab_and_merges(directory) == read_vocab_and_merges(clip_dir)
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    assert config["text_config"]["vocab_size"] == OPENAI_VOCAB_SIZE
+    # From a vocab.json + merges.txt source those two are copied byte for byte.
+    directory = pathlib.Path(tiny.write_checkpoint(tmp_path / "copied", "tiny", tokenizer_dir=clip_dir))
+    for name in ("vocab.json", "merges.txt"):
+        assert (directory / name).read_bytes() == (clip_dir / name).read_bytes()
+    assert read_vocab_and_merges(_json_only(directory, tmp_path / "j")) == read_vocab_and_merges(clip_dir)

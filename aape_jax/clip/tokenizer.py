@@ -9,10 +9,15 @@ unescaping), so texts with entities, mojibake, etc. get different ids. transform
 also silently builds a 2-token vocabulary when its files are not found, which must never
 pass unnoticed. This module therefore follows openai/CLIP's `simple_tokenizer.py` and
 `clip.tokenize(..., truncate=True)` step for step, reading the vocabulary and merges of a
-Hugging Face format checkpoint (`vocab.json`, `merges.txt`) and checking them.
+Hugging Face format checkpoint and checking them. Both layouts are read: `vocab.json` +
+`merges.txt` (older transformers, OpenAI-derived repositories) and `tokenizer.json` (the
+`tokenizers` library file, all that today's `CLIPTokenizer.save_pretrained` writes); only
+the vocabulary and merges are taken from the latter, never its text pipeline, so the ids
+are OpenAI's whichever layout a checkpoint has.
 
-`write_byte_level_vocab` learns a small vocabulary in the same format, so that tests and
-an offline demo model can run without any download.
+`write_byte_level_vocab` learns a small vocabulary and writes it in both layouts, so that
+tests and an offline demo model can run without any download; `write_tokenizer_files` and
+`write_tokenizer_json` write a given vocabulary (e.g. the real one) the same way.
 """
 
 from __future__ import annotations
@@ -37,13 +42,17 @@ __all__ = [
     "bytes_to_unicode",
     "clean_text",
     "pre_tokenize",
+    "read_vocab_and_merges",
     "write_byte_level_vocab",
+    "write_tokenizer_files",
+    "write_tokenizer_json",
 ]
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 MERGES_HEADER = "#version: 0.2"
+TOKENIZER_JSON = "tokenizer.json"
 
 # OpenAI's pre-tokenisation pattern, verbatim (the special tokens first so that they stay
 # whole; IGNORECASE is a no-op after lower-casing but kept to match the original).
@@ -152,9 +161,13 @@ class Tokenizer:
       eot_id: id of '<|endoftext|>', appended to every text (CLIP pools its text features
         at this position).
       pad_id: 0, the padding value of OpenAI's `tokenize` (zeros, not EOT as in transformers).
+      text_start: 1, the index of the first text token (after SOT), where prompt
+        learners insert tokens before the text.
+      files: the tokenizer files `from_dir` read (fingerprinted by the feature stores).
     """
 
     pad_id: int = 0
+    text_start: int = 1
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int) -> None:
         """Builds the tokenizer and checks that `vocab` and `merges` fit together.
@@ -201,10 +214,14 @@ class Tokenizer:
         # OpenAI's BPE cache is seeded with them, so a literal "<|endoftext|>" in a text
         # becomes the EOT id rather than being split.
         self._cache: dict[str, tuple[int, ...]] = {SOT_TOKEN: (self.sot_id,), EOT_TOKEN: (self.eot_id,)}
+        self.files: tuple[str, ...] = ()
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], context_length: int, vocab_size: int | None = None) -> Tokenizer:
-        """Loads `path/vocab.json` and `path/merges.txt` (Hugging Face CLIP format).
+        """Loads a Hugging Face CLIP tokenizer directory (see `read_vocab_and_merges`).
+
+        `vocab.json` + `merges.txt` are read when both are there, else `tokenizer.json`;
+        either way the ids come from this module's OpenAI pipeline.
 
         Args:
           path: checkpoint (or tokenizer) directory.
@@ -214,27 +231,21 @@ class Tokenizer:
             embeddings or an index error deep inside the model.
 
         Raises:
-          FileNotFoundError: the directory or one of the files does not exist.
-          ValueError: a file is malformed, the size differs from `vocab_size`, or the
-            vocabulary and merges disagree.
+          FileNotFoundError: the directory does not exist, or holds neither
+            `vocab.json` + `merges.txt` nor `tokenizer.json`.
+          ValueError: a file is malformed (or `tokenizer.json` is not a CLIP BPE), the
+            size differs from `vocab_size`, or the vocabulary and merges disagree.
         """
         directory = pathlib.Path(path)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"tokenizer directory not found: {directory}")
-        vocab_path = directory / "vocab.json"
-        merges_path = directory / "merges.txt"
-        for file in (vocab_path, merges_path):
-            if not file.is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {file}")
-
-        vocab = _read_vocab(vocab_path)
+        vocab, merges, files = _read_tokenizer_dir(directory)
         if vocab_size is not None and len(vocab) != vocab_size:
-            raise ValueError(f"{vocab_path} has {len(vocab)} entries but the model expects vocab_size={vocab_size}")
-        merges = _read_merges(merges_path)
+            raise ValueError(f"{files[0]} has {len(vocab)} entries but the model expects vocab_size={vocab_size}")
         try:
-            return cls(vocab, merges, context_length)
+            tokenizer = cls(vocab, merges, context_length)
         except ValueError as e:
             raise ValueError(f"inconsistent tokenizer files in {directory}: {e}") from e
+        tokenizer.files = tuple(str(f) for f in files)
+        return tokenizer
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         ids = self._cache.get(word)
@@ -339,6 +350,96 @@ def _read_merges(path: pathlib.Path) -> list[tuple[str, str]]:
     return merges
 
 
+def read_vocab_and_merges(path: str | os.PathLike[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary (token -> id) and merges (best first) of a CLIP tokenizer directory.
+
+    Reads `vocab.json` + `merges.txt` when both exist, else `tokenizer.json` (its BPE
+    model's `vocab` and `merges`, the latter as "a b" strings or [a, b] pairs, plus any
+    `added_tokens` missing from that vocab). Only parses; `Tokenizer` checks consistency.
+
+    Raises:
+      FileNotFoundError / ValueError: as `Tokenizer.from_dir`.
+    """
+    vocab, merges, _ = _read_tokenizer_dir(pathlib.Path(path))
+    return vocab, merges
+
+
+def _read_tokenizer_dir(
+    directory: pathlib.Path,
+) -> tuple[dict[str, int], list[tuple[str, str]], tuple[pathlib.Path, ...]]:
+    """(vocab, merges, the files read, the vocabulary's first) of `directory`."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {directory}")
+    vocab_path = directory / "vocab.json"
+    merges_path = directory / "merges.txt"
+    json_path = directory / TOKENIZER_JSON
+    if vocab_path.is_file() and merges_path.is_file():
+        return _read_vocab(vocab_path), _read_merges(merges_path), (vocab_path, merges_path)
+    if json_path.is_file():
+        vocab, merges = _read_tokenizer_json(json_path)
+        return vocab, merges, (json_path,)
+    missing = ", ".join(p.name for p in (vocab_path, merges_path) if not p.is_file())
+    raise FileNotFoundError(
+        f"tokenizer files not found in {directory}: need vocab.json + merges.txt (missing: {missing}) "
+        f"or {TOKENIZER_JSON}"
+    )
+
+
+def _read_tokenizer_json(path: pathlib.Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of a `tokenizers` library file holding CLIP's byte-level BPE."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"malformed {path}: not valid UTF-8 JSON ({e})") from e
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError(f"malformed {path}: expected a JSON object with a 'model' object")
+    if model.get("type") != "BPE":
+        raise ValueError(f"unsupported {path}: model type is {model.get('type')!r}, CLIP needs 'BPE'")
+    # Our BPE marks word ends with '</w>' and has no continuation prefix, as CLIP's does; a
+    # model built otherwise would be given different ids, so it is refused.
+    if model.get("end_of_word_suffix") != END_OF_WORD or model.get("continuing_subword_prefix") not in (None, ""):
+        raise ValueError(
+            f"unsupported {path}: not CLIP's BPE (end_of_word_suffix="
+            f"{model.get('end_of_word_suffix')!r}, expected {END_OF_WORD!r}; continuing_subword_prefix="
+            f"{model.get('continuing_subword_prefix')!r}, expected '')"
+        )
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()
+    ):
+        raise ValueError(f"malformed {path}: model.vocab must be a JSON object mapping token -> integer id")
+    vocab = dict(vocab)
+    # Added tokens (the specials) normally repeat vocab entries; ones that do not extend it.
+    added = data.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise ValueError(f"malformed {path}: added_tokens must be a list")
+    for i, token in enumerate(added):
+        content = token.get("content") if isinstance(token, dict) else None
+        token_id = token.get("id") if isinstance(token, dict) else None
+        if not isinstance(content, str) or not isinstance(token_id, int) or isinstance(token_id, bool):
+            raise ValueError(f"malformed {path}: added_tokens[{i}] needs a string 'content' and an integer 'id'")
+        if vocab.setdefault(content, token_id) != token_id:
+            raise ValueError(
+                f"malformed {path}: added token {content!r} has id {token_id} but model.vocab gives {vocab[content]}"
+            )
+    raw_merges = model.get("merges")
+    if not isinstance(raw_merges, list):
+        raise ValueError(f"malformed {path}: model.merges must be a list")
+    merges: list[tuple[str, str]] = []
+    for rank, merge in enumerate(raw_merges):
+        # tokenizers < 0.20 writes "a b" strings, later versions [a, b] pairs.
+        parts = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
+            raise ValueError(
+                f"malformed {path}: model.merges[{rank}] must be an \"a b\" string or an [a, b] pair "
+                f"of non-empty strings, got {merge!r}"
+            )
+        merges.append((parts[0], parts[1]))
+    return vocab, merges
+
+
 def _learn_merges(word_counts: dict[tuple[str, ...], int], num_merges: int) -> list[tuple[str, str]]:
     """Greedy BPE training: repeatedly merges the most frequent adjacent pair.
 
@@ -408,9 +509,9 @@ def write_byte_level_vocab(directory: str | os.PathLike[str], corpus: Iterable[s
     The texts are cleaned and pre-tokenised exactly as `Tokenizer` does, then merges are
     learned until the vocabulary has `vocab_size` entries, laid out as OpenAI builds its
     vocabulary: 256 byte symbols, the same 256 with '</w>', one entry per merge, then
-    '<|startoftext|>' and '<|endoftext|>'. Writes `vocab.json`, `merges.txt` (with the
-    '#version: 0.2' header), `tokenizer_config.json` and `special_tokens_map.json`, which
-    `Tokenizer.from_dir` and `transformers.CLIPTokenizer.from_pretrained` both load.
+    '<|startoftext|>' and '<|endoftext|>'. Writes it with `write_tokenizer_files`, i.e.
+    in both layouts, which `Tokenizer.from_dir` and
+    `transformers.CLIPTokenizer.from_pretrained` both load.
 
     Raises:
       ValueError: `vocab_size` < 514 (bytes plus specials), or the corpus has too few
@@ -436,7 +537,30 @@ def write_byte_level_vocab(directory: str | os.PathLike[str], corpus: Iterable[s
     tokens += [SOT_TOKEN, EOT_TOKEN]
     vocab = {t: i for i, t in enumerate(tokens)}
     assert len(vocab) == vocab_size, "duplicate vocabulary entries"
+    write_tokenizer_files(directory, vocab, merges)
 
+
+_SPECIAL_TOKENS_MAP = {
+    "bos_token": SOT_TOKEN,
+    "eos_token": EOT_TOKEN,
+    "unk_token": EOT_TOKEN,
+    "pad_token": EOT_TOKEN,
+}
+
+
+def write_tokenizer_files(
+    directory: str | os.PathLike[str], vocab: dict[str, int], merges: Sequence[tuple[str, str]]
+) -> None:
+    """Writes a CLIP tokenizer in both Hugging Face layouts.
+
+    `vocab.json` + `merges.txt` (with the '#version: 0.2' header), `tokenizer.json` (see
+    `write_tokenizer_json`), `tokenizer_config.json` and `special_tokens_map.json`.
+
+    Args:
+      directory: created if needed; existing files are replaced.
+      vocab: token -> id, with '<|startoftext|>' and '<|endoftext|>'.
+      merges: BPE merge pairs, best first.
+    """
     out = pathlib.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "vocab.json", "w", encoding="utf-8") as f:
@@ -444,20 +568,87 @@ def write_byte_level_vocab(directory: str | os.PathLike[str], corpus: Iterable[s
     with open(out / "merges.txt", "w", encoding="utf-8") as f:
         f.write(MERGES_HEADER + "\n")
         f.writelines(f"{a} {b}\n" for a, b in merges)
-    specials = {
-        "bos_token": SOT_TOKEN,
-        "eos_token": EOT_TOKEN,
-        "unk_token": EOT_TOKEN,
-        "pad_token": EOT_TOKEN,
-    }
+    write_tokenizer_json(out, vocab, merges)
     with open(out / "special_tokens_map.json", "w", encoding="utf-8") as f:
-        json.dump(specials, f, indent=2)
+        json.dump(_SPECIAL_TOKENS_MAP, f, indent=2)
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": 77,
         "do_lower_case": True,
         "errors": "replace",
-        **specials,
+        **_SPECIAL_TOKENS_MAP,
     }
     with open(out / "tokenizer_config.json", "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
+
+
+def write_tokenizer_json(
+    directory: str | os.PathLike[str], vocab: dict[str, int], merges: Sequence[tuple[str, str]]
+) -> pathlib.Path:
+    """Writes `directory/tokenizer.json` alone, as transformers' CLIPTokenizer saves it.
+
+    Built with the `tokenizers` library like transformers' `CLIPTokenizer` (v5) and
+    `convert_slow_tokenizer.CLIPConverter`: BPE with end-of-word suffix '</w>' and
+    unknown token '<|endoftext|>', NFC + whitespace + lower-case normaliser, CLIP's split
+    pattern then byte-level pre-tokenizer and decoder, and a RobertaProcessing
+    post-processor adding '<|startoftext|>' ... '<|endoftext|>'. That pipeline is what
+    transformers runs; `Tokenizer.from_dir` takes only the vocabulary and merges from it.
+
+    Args:
+      directory: created if needed.
+      vocab: token -> id, with '<|startoftext|>' and '<|endoftext|>'.
+      merges: BPE merge pairs, best first.
+
+    Returns:
+      The path of the written file.
+
+    Raises:
+      ValueError: a special token is missing from `vocab`.
+    """
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import BPE
+
+    for special in (SOT_TOKEN, EOT_TOKEN):
+        if special not in vocab:
+            raise ValueError(f"special token {special!r} is missing from the vocabulary")
+    backend = HFTokenizer(
+        BPE(
+            vocab=dict(vocab),
+            merges=[tuple(m) for m in merges],
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix=END_OF_WORD,
+            fuse_unk=False,
+            unk_token=EOT_TOKEN,
+        )
+    )
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_TOKEN_PATTERN.pattern), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.RobertaProcessing(
+        (EOT_TOKEN, vocab[EOT_TOKEN]),
+        (SOT_TOKEN, vocab[SOT_TOKEN]),
+        trim_offsets=False,
+        add_prefix_space=False,
+    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (SOT_TOKEN, EOT_TOKEN)])
+    out = pathlib.Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / TOKENIZER_JSON
+    backend.save(str(path))
+    return path
