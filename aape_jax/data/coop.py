@@ -77,6 +77,9 @@ COOP_DATASETS: tuple[str, ...] = tuple(SPLIT_FILE_DATASETS) + ("fgvc_aircraft",)
 """Datasets this module reads (ImageNet and its variants: :mod:`.imagenet`)."""
 
 _SPLITS = ("train", "val", "test")
+FGVC_IMAGE_DIR = "images"  # under FGVC_DIR: <imgname>.jpg
+FGVC_CLASSNAMES_FILE = "variants.txt"  # under FGVC_DIR: the class names, one a line
+FGVC_SPLIT_FILES: dict[str, str] = {s: f"images_variant_{s}.txt" for s in _SPLITS}  # under FGVC_DIR
 
 
 def _require(path: epath.Path, what: str, dataset: str, *, is_dir: bool) -> None:
@@ -199,8 +202,8 @@ def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
     717"``); the image is ``images/<imgname>.jpg``, its key ``<imgname>.jpg``.
     """
     name = "fgvc_aircraft"
-    ddir, image_dir = _dataset_dirs(root, name, FGVC_DIR, "images")
-    variants_file = ddir / "variants.txt"
+    ddir, image_dir = _dataset_dirs(root, name, FGVC_DIR, FGVC_IMAGE_DIR)
+    variants_file = ddir / FGVC_CLASSNAMES_FILE
     _require(variants_file, "class-name (variants.txt)", name, is_dir=False)
     classnames = [ln.strip() for ln in storage.read_text(variants_file).splitlines() if ln.strip()]
     if len(set(classnames)) != len(classnames):
@@ -209,7 +212,7 @@ def load_fgvc_aircraft(root: str | os.PathLike) -> ImageDataset:
 
     splits: dict[str, list[Example]] = {}
     for split in _SPLITS:
-        f = ddir / f"images_variant_{split}.txt"
+        f = ddir / FGVC_SPLIT_FILES[split]
         _require(f, f"{split} split", name, is_dir=False)
         out: list[Example] = []
         for lineno, ln in enumerate(storage.read_text(f).splitlines(), 1):

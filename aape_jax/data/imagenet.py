@@ -58,6 +58,11 @@ __all__ = [
     "imagenet_wnids",
 ]
 
+# ImageNet under the data root: IMAGENET_DIR/IMAGENET_IMAGE_DIR/{train,val}/<wnid>/, IMAGENET_DIR/IMAGENET_CLASSNAMES_FILE.
+IMAGENET_DIR = "imagenet"
+IMAGENET_IMAGE_DIR = "images"
+IMAGENET_CLASSNAMES_FILE = "classnames.txt"
+
 # Candidate image folders (relative to the data root), first existing one wins.
 VARIANT_DIRS: dict[str, tuple[str, ...]] = {
     "imagenet_v2": (
@@ -105,13 +110,13 @@ def _wnid_examples(folder: epath.Path, wnids: list[str], dataset: str, key_root:
 def load_imagenet(root: str | os.PathLike) -> ImageDataset:
     """ImageNet from ``ROOT/imagenet`` (CoOp layout; see the module docstring)."""
     root = storage.path(root)
-    ddir = root / "imagenet"
-    images = ddir / "images"
+    ddir = root / IMAGENET_DIR
+    images = ddir / IMAGENET_IMAGE_DIR
     for p, what in ((root, "data root"), (ddir, "dataset"), (images / "train", "train image"),
                     (images / "val", "val image")):
         if not p.is_dir():
             raise FileNotFoundError(f"imagenet: expected the {what} folder at {p}")
-    wnids, names = read_wnid_classnames(ddir / "classnames.txt")
+    wnids, names = read_wnid_classnames(ddir / IMAGENET_CLASSNAMES_FILE)
     # Keys are relative to images/: "train/<wnid>/<file>", "val/<wnid>/<file>".
     train = _wnid_examples(images / "train", wnids, "imagenet", images)
     test = _wnid_examples(images / "val", wnids, "imagenet", images)
