@@ -331,8 +331,16 @@ def test_tfds_without_package_is_a_clear_import_error(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
+    with pytest.raises(ImportError, match=r'the \[tfds\] extra: `pip install -e "\.\[tfds\]"`'):
         load_tfds("dtd")
+
+
+def test_tfds_extra_is_declared():
+    import pathlib
+    import tomllib
+
+    pyproject = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert any(r.startswith("tensorflow-datasets") for r in pyproject["project"]["optional-dependencies"]["tfds"])
 
 
 # --------------------------------------------------------------------------- #

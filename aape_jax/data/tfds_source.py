@@ -199,8 +199,8 @@ def load_tfds(
             import tensorflow_datasets as tfds  # noqa: PLC0415 (optional dependency)
         except ImportError as e:
             raise ImportError(
-                f"{name}: the TFDS source needs `pip install tensorflow-datasets` "
-                "(TensorFlow itself is not needed to read array_record data)"
+                f"{name}: the TFDS source needs tensorflow-datasets, the [tfds] extra: `pip install -e \".[tfds]\"` "
+                "from a clone (TensorFlow itself is not needed to read array_record data)"
             ) from e
         builder = tfds.builder(tfds_name, data_dir=data_dir)
 
