@@ -251,6 +251,19 @@ def _cross_field_problems(config: Any, task: str, device_count: int | None, bad:
     return out
 
 
+def backbone_notes(config: Any, clip_config: Any) -> list[str]:
+    """What the config means on the loaded backbone (`clip_config`) that it would not on CLIP: one line per
+    difference, logged once the backbone is known (not errors: the run computes the same thing, slower)."""
+    notes = []
+    if (_get(config, "model.token_position") == "suffix" and _get(config, "model.combine") == "token"
+            and not clip_config.text.causal):
+        notes.append("config.model.token_position is 'suffix' on a SigLIP backbone: its text tower is "
+                     "bidirectional, so the class prefixes' keys/values cannot be cached and every (image, class) "
+                     "pair runs the whole sequence (the same scores as the cache would give on a causal tower, "
+                     "more compute per step)")
+    return notes
+
+
 def validate(config: Any, device_count: int | None = None) -> None:
     """Raises `ConfigError` naming every bad field and its value (see `problems`)."""
     found = problems(config, device_count)

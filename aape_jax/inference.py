@@ -2,7 +2,7 @@
 
     from aape_jax import AAPEClassifier
     clf = AAPEClassifier.load(workdir)               # or AAPEClassifier.load(workdir, clip="path/or/hub-id")
-    probs = clf.predict_proba(images, class_names)   # np.float32 [N, C]
+    probs = clf.predict_proba(images, class_names)   # np.float32 [N, C] (SigLIP: per-class sigmoids)
     labels = clf.predict(images, class_names)        # list[str]
     probs = clf.predict_proba_pixels(clf.clip.preprocess(images), class_names)   # from pixels [N, R, R, 3]
 
@@ -41,7 +41,6 @@ from aape_jax import clip as clip_lib
 from aape_jax import atomic, storage, toyworld, zeroshot
 from aape_jax.checkpoint import ParamsMismatchError, checkpoints_dir, restore_trainable
 from aape_jax.clip.frozen import FrozenCLIP
-from aape_jax.clip.model import CLIP
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tiny import GEOMETRIES
 from aape_jax.errors import ConfigError
@@ -112,12 +111,13 @@ class AAPEClassifier:
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of the images the last call skipped
         module = self.clip.module
         logits_fn = make_logits_fn(self.model, module)
+        sigmoid = self.clip.config.sigmoid
 
         def probs(params: Any, clip_params: Any, pixels: jax.Array, class_text: ClassText,
                   prefix_cache: ClassPrefixCache | None) -> jax.Array:
-            z = module.apply({"params": clip_params}, pixels, method=CLIP.encode_image)  # [B, D]
+            z = module.apply({"params": clip_params}, pixels, method="encode_image")  # [B, D]
             logits = logits_fn(params, z, class_text, clip_params, clip_params["logit_scale"], prefix_cache)
-            return jax.nn.softmax(logits, axis=-1)
+            return zeroshot.probabilities(logits, sigmoid, clip_params.get("logit_bias", 0.0))
 
         self._probs = jax.jit(probs)
         self._probs_fn = probs
@@ -251,7 +251,8 @@ class ExportedClassifier:
         exported = jax.export.deserialize(bytearray(storage.path(path).read_bytes()))
         meta = json.loads(storage.read_text(path + _EXPORT_META))
         t = meta["transform"]
-        transform = ImageTransform(t["resize"], t["crop_size"], tuple(t["mean"]), tuple(t["std"]))
+        transform = ImageTransform(t["resize"], t["crop_size"], tuple(t["mean"]), tuple(t["std"]),
+                                   squash=t.get("squash", False))
         return cls(meta["class_names"], transform, exported)
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from aape_jax import distributed, evaluate, methods, storage, trainer
+from aape_jax import config_check, distributed, evaluate, methods, storage, trainer
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data import protocol, synthetic
 from aape_jax.data import toyworld as toyworld_data
@@ -97,6 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Stage 1: the frozen CLIP, once, into the store.
     model_clip = load_clip(config, workdir)
+    for note in config_check.backbone_notes(config, model_clip.config):
+        logging.warning(note)
     dataset = load_dataset(config)
     train_classes, evaluations = protocol_splits(config, dataset)
     train_names = [dataset.classnames[i] for i in train_classes]

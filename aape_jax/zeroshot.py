@@ -1,10 +1,13 @@
-"""Zero-shot CLIP classification: jitted inference from Python, and a CLI.
+"""Zero-shot CLIP (or SigLIP) classification: jitted inference from Python, and a CLI.
 
     python -m aape_jax.zeroshot --clip PATH_OR_HUB_ID --images DIR_OR_FILES... \
         --classes "cat,dog,bird" [--templates FILE] [--topk 3] [--on_bad_image skip|fail] [--verbose]
 
 Class weights are CLIP's prompt ensemble: each class's template embeddings
 L2-normalised, averaged, normalised again (one template: just that one).
+Probabilities are CLIP's softmax over the classes, or, for SigLIP (trained with
+a sigmoid loss), each class's own `sigmoid(exp(scale) * cos + logit_bias)`, as
+transformers' SigLIP examples read them: rows then need not sum to 1.
 
 An image that cannot be decoded (not an image, truncated) is reported by path
 and skipped (`--on_bad_image=skip`, the default): the others are classified,
@@ -17,6 +20,7 @@ status 2 (`--verbose` adds the traceback).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -53,11 +57,18 @@ def class_weights(model: FrozenCLIP, class_names: Sequence[str], templates: Sequ
     return np.asarray(l2_normalize(l2_normalize(z).mean(axis=1)), dtype=np.float32)
 
 
-@jax.jit
-def scores(image_features: jax.Array, weights: jax.Array, logit_scale: jax.Array) -> jax.Array:
-    """Image features [N, D], class weights [C, D] -> class probabilities [N, C]."""
+def probabilities(logits: jax.Array, sigmoid: bool = False, logit_bias: jax.Array | float = 0.0) -> jax.Array:
+    """Scaled cosines `exp(scale) * cos` [..., C] -> class probabilities: softmax over the classes (CLIP),
+    or with `sigmoid` (SigLIP) each class's `sigmoid(logits + logit_bias)`."""
+    return jax.nn.sigmoid(logits + logit_bias) if sigmoid else jax.nn.softmax(logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("sigmoid",))
+def scores(image_features: jax.Array, weights: jax.Array, logit_scale: jax.Array, sigmoid: bool = False,
+           logit_bias: jax.Array | float = 0.0) -> jax.Array:
+    """Image features [N, D], class weights [C, D] -> class probabilities [N, C] (see `probabilities`)."""
     logits = logit_scale * l2_normalize(image_features) @ weights.T  # [N, C]
-    return jax.nn.softmax(logits, axis=-1)
+    return probabilities(logits, sigmoid, logit_bias)
 
 
 def list_images(inputs: Sequence[str]) -> list[str]:
@@ -128,7 +139,8 @@ def predict(
             skipped.extend(bad)
         if pixels is not None:
             features = model.encode_image(pixels)
-            out[[start + j for j in good]] = np.asarray(scores(features, weights, scale))
+            out[[start + j for j in good]] = np.asarray(
+                scores(features, weights, scale, model.config.sigmoid, jnp.float32(model.logit_bias)))
     return out
 
 

@@ -123,6 +123,31 @@ def test_real_vit_b16_geometry_parity(tmp_path, shared_data):
     _assert_parity(tmp_path, hf)
 
 
+# OpenCLIP/LAION checkpoints in transformers' format (laion/CLIP-ViT-H-14-laion2B-s32B-b79K,
+# laion/CLIP-ViT-bigG-14-laion2B-39B-b160k): gelu, other widths and head counts, wider joint
+# spaces. Their real widths and heads; two layers per tower keep the test within memory.
+OPENCLIP_GEOMETRIES = {
+    "vit-h-14": (dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16),
+                 dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16), 1024),
+    "vit-bigg-14": (dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20),
+                    dict(hidden_size=1664, intermediate_size=8192, num_attention_heads=16), 1280),
+}
+
+
+@pytest.mark.parametrize("geometry", sorted(OPENCLIP_GEOMETRIES))
+def test_openclip_laion_geometry_parity(tmp_path, shared_data, geometry):
+    text, vision, projection_dim = OPENCLIP_GEOMETRIES[geometry]
+    text = dict(text, vocab_size=49408, num_hidden_layers=2, max_position_embeddings=77, hidden_act="gelu",
+                eos_token_id=49407, bos_token_id=49406)
+    vision = dict(vision, num_hidden_layers=2, image_size=224, patch_size=14, hidden_act="gelu")
+    hf = _hf_checkpoint(tmp_path, text, vision, projection_dim=projection_dim,
+                        tokenizer_dir=shared_data / "clip_tokenizer")
+    ours = clip.load(tmp_path)
+    assert (ours.config.projection_dim, ours.config.vision.num_patches) == (projection_dim, 256)
+    assert ours.config.text.hidden_act == ours.config.vision.hidden_act == "gelu"
+    _assert_parity(tmp_path, hf)
+
+
 def test_our_tiny_checkpoint_loads_strictly_in_transformers(tmp_path):
     directory = tiny.write_checkpoint(tmp_path / "tiny", seed=1)
     hf, info = CLIPModel.from_pretrained(directory, output_loading_info=True)

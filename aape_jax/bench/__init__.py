@@ -50,7 +50,6 @@ from aape_jax import clip as clip_lib
 from aape_jax import lm
 from aape_jax import toyworld, trainer, zeroshot
 from aape_jax.clip.frozen import FrozenCLIP
-from aape_jax.clip.model import CLIP
 from aape_jax.clip.tiny import write_checkpoint
 from aape_jax.configs.classification import base2new
 from aape_jax.data.text_features import class_text
@@ -185,7 +184,7 @@ def bench_towers(args: argparse.Namespace) -> None:
 
     # Achieved FLOP/s of our image tower (XLA's own FLOP count of the compiled program) / measured matmul peak.
     # The same program `FrozenCLIP.encode_image` runs on this batch (its bucket of n_img=8 rows is n_img).
-    encode_image = jax.jit(lambda params, x: ours.module.apply({"params": params}, x, method=CLIP.encode_image))
+    encode_image = jax.jit(lambda params, x: ours.module.apply({"params": params}, x, method="encode_image"))
     cost = encode_image.lower(ours.params, jnp.asarray(pixels)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops_img = float(cost["flops"]) / n_img

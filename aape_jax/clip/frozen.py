@@ -1,13 +1,14 @@
-"""`FrozenCLIP`: a loaded CLIP with jitted encoders, its tokenizer and preprocessing.
+"""`FrozenCLIP`: a loaded CLIP (or SigLIP) with jitted encoders, its tokenizer and preprocessing.
 
 The encoders are module-level `jax.jit` functions that take the parameters as
 an argument (never closed over as constants, so one compiled program serves
 any checkpoint of the same geometry, and the weights are not baked into HLO).
 Batches are cut into chunks of at most `max_batch` rows and padded up to a
 power-of-two bucket, so arbitrary batch sizes compile a handful of programs.
-Text is trimmed to the longest real prompt (rounded up to `TEXT_LENGTH_BUCKET`):
-causal attention and pooling at the first end-of-text token make later
-positions irrelevant to the output.
+CLIP text is trimmed to the longest real prompt (rounded up to
+`TEXT_LENGTH_BUCKET`): causal attention and pooling at the first end-of-text
+token make later positions irrelevant to the output. SigLIP text is not: its
+bidirectional tower, pooled at the last position, sees the padding too.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aape_jax.clip.backbone import Backbone, backbone
 from aape_jax.clip.config import CLIPConfig
-from aape_jax.clip.model import CLIP, first_eot
+from aape_jax.clip.model import first_eot
 from aape_jax.clip.preprocess import ImageLike, ImageTransform, eval_transform
 from aape_jax.clip.tokenizer import Tokenizer
 from aape_jax.numerics import padded_batches
@@ -32,19 +34,19 @@ MIN_BATCH_BUCKET = 8
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
-def _encode_image(module: CLIP, params: Any, pixels: jax.Array) -> jax.Array:
-    return module.apply({"params": params}, pixels, method=CLIP.encode_image)
+def _encode_image(module: Backbone, params: Any, pixels: jax.Array) -> jax.Array:
+    return module.apply({"params": params}, pixels, method="encode_image")
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
-def _encode_image_grid(module: CLIP, params: Any, pixels: jax.Array) -> jax.Array:
-    pooled, grid = module.apply({"params": params}, pixels, method=CLIP.encode_image_grid)
+def _encode_image_grid(module: Backbone, params: Any, pixels: jax.Array) -> jax.Array:
+    pooled, grid = module.apply({"params": params}, pixels, method="encode_image_grid")
     return jnp.concatenate([pooled, grid.reshape(grid.shape[0], -1)], axis=-1)  # [N, D + P * W]
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
-def _encode_text(module: CLIP, params: Any, ids: jax.Array) -> jax.Array:
-    return module.apply({"params": params}, ids, method=CLIP.encode_text)
+def _encode_text(module: Backbone, params: Any, ids: jax.Array) -> jax.Array:
+    return module.apply({"params": params}, ids, method="encode_text")
 
 
 def batch_bucket(n: int, max_batch: int) -> int:
@@ -67,13 +69,13 @@ def run_bucketed(fn: Callable[[np.ndarray], jax.Array], rows: np.ndarray, max_ba
 
 @dataclasses.dataclass
 class FrozenCLIP:
-    """A frozen CLIP: parameters, geometry, tokenizer and preprocessing.
+    """A frozen CLIP or SigLIP: parameters, geometry, tokenizer and preprocessing.
 
     Attributes:
       params: Flax parameter tree (float32), passed to every jitted call.
       config: geometry read from the checkpoint's config.json.
-      tokenizer: the checkpoint's tokenizer (original OpenAI BPE rules).
-      transform: CLIP's eval preprocessing from preprocessor_config.json.
+      tokenizer: the checkpoint's tokenizer (CLIP: original OpenAI BPE rules; SigLIP: its own).
+      transform: the eval preprocessing from preprocessor_config.json.
       dtype: compute dtype of the towers (float32 default; bfloat16 for TPU/GPU).
       source: the checkpoint directory it was loaded from.
       weights_file: the weights file read (fingerprinted by the feature stores).
@@ -90,15 +92,20 @@ class FrozenCLIP:
     max_batch: int = 256
 
     @property
-    def module(self) -> CLIP:
+    def module(self) -> Backbone:
         # remat only changes what a backward pass keeps: inference is unaffected, and
         # training through the text tower (token mode) stays within memory.
-        return CLIP(self.config, dtype=self.dtype, remat_text=True)
+        return backbone(self.config, dtype=self.dtype, remat_text=True)
 
     @property
     def logit_scale(self) -> float:
         """exp of the stored log logit scale."""
         return float(np.exp(np.asarray(self.params["logit_scale"])))
+
+    @property
+    def logit_bias(self) -> float:
+        """SigLIP's learned logit bias (0 for CLIP, which has none)."""
+        return float(np.asarray(self.params["logit_bias"])) if "logit_bias" in self.params else 0.0
 
     def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
         """Texts -> np.int32 [N, context_length] ids (SOT ... EOT, 0-padded, truncated keeping EOT)."""
@@ -143,6 +150,13 @@ class FrozenCLIP:
             )
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.text.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.text.vocab_size}), got {ids.min()}..{ids.max()}")
-        ids = ids[:, : trimmed_length(ids, self.config.text.eot_token_id)].astype(np.int32)
+        if self.config.text.causal:
+            ids = ids[:, : trimmed_length(ids, self.config.text.eot_token_id)]
+        elif ids.shape[1] != self.config.text.context_length:
+            raise ValueError(
+                f"SigLIP text must be padded to its full context of {self.config.text.context_length} (its tower "
+                f"is pooled at the last position), got ids of length {ids.shape[1]}; use tokenize()"
+            )
+        ids = ids.astype(np.int32)
         module = self.module
         return run_bucketed(lambda x: _encode_text(module, self.params, x), ids, self.max_batch)

@@ -6,7 +6,9 @@ JAX CLIP vision tower:
 * :func:`eval_transform` -- CLIP's test-time transform (``Resize(shortest side,
   BICUBIC)`` -> ``CenterCrop`` -> ``/255`` -> ``Normalize``).  It is written to be
   numerically identical to transformers' ``CLIPImageProcessor`` PIL backend
-  (``CLIPImageProcessorPil`` in transformers 5), which the tests check.
+  (``CLIPImageProcessorPil`` in transformers 5), which the tests check. SigLIP's
+  (``squash``) resizes straight to the square input instead, as
+  ``SiglipImageProcessor`` does.
 * :func:`train_augment` -- CoOp's (Dassl's) training transform
   (``RandomResizedCrop(BICUBIC)`` -> ``RandomHorizontalFlip`` -> ``Normalize``),
   re-implementing torchvision's sampling algorithm on an explicit
@@ -68,12 +70,17 @@ class ImageTransform:
       crop_size: side of the square output, i.e. the vision tower's image size.
       mean: per-channel RGB mean, in [0, 1] units, shape (3,).
       std: per-channel RGB std, in [0, 1] units, shape (3,).
+      squash: eval resizes the whole image straight to ``crop_size`` x
+        ``crop_size`` (aspect ratio not kept) with no crop, as
+        ``SiglipImageProcessor`` does (``size`` {"height", "width"}); ``resize``
+        is then ``crop_size``.
     """
 
     resize: int
     crop_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    squash: bool = False
 
     def __post_init__(self) -> None:
         # Coerce lists / numpy scalars to plain float tuples so instances stay
@@ -94,6 +101,12 @@ class ImageTransform:
     def openai(cls, image_size: int) -> ImageTransform:
         """OpenAI CLIP's transform: resize shorter side to ``image_size``, crop it square."""
         return cls(resize=int(image_size), crop_size=int(image_size), mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+
+    @classmethod
+    def siglip(cls, image_size: int) -> ImageTransform:
+        """SigLIP's transform (``SiglipImageProcessor``'s defaults): resize straight to the square
+        input, normalise with mean = std = 0.5."""
+        return cls(resize=int(image_size), crop_size=int(image_size), mean=(0.5,) * 3, std=(0.5,) * 3, squash=True)
 
     @classmethod
     def from_preprocessor_config(
@@ -135,7 +148,8 @@ class ImageTransform:
 
         # Flags whose "off" setting would change the pipeline; absent means on,
         # as in CLIPImageProcessor's class defaults.
-        for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+        squash = isinstance(cfg.get("size"), Mapping) and set(cfg["size"]) == {"height", "width"}
+        for flag in ("do_resize", "do_rescale", "do_normalize") + (() if squash else ("do_center_crop",)):
             if not cfg.get(flag, True):
                 raise bad(flag, "must be true: the numpy CLIP transform always applies it")
         resample = cfg.get("resample", _BICUBIC)
@@ -145,17 +159,23 @@ class ImageTransform:
         if not isinstance(rescale, (int, float)) or not math.isclose(rescale, 1 / 255, rel_tol=1e-6):
             raise bad("rescale_factor", "must be 1/255")
 
-        resize = _shortest_edge(cfg, "size", image_size, bad)
-        crop = _square_size(cfg, "crop_size", image_size, bad)
+        if squash:
+            # SiglipImageProcessor: one resize to the model's input, no crop.
+            if cfg.get("do_center_crop") or "crop_size" in cfg:
+                raise bad("size", "is {height, width} (a resize without crop) but the config also asks for a crop")
+            resize = crop = _square_size(cfg, "size", image_size, bad)
+        else:
+            resize = _shortest_edge(cfg, "size", image_size, bad)
+            crop = _square_size(cfg, "crop_size", image_size, bad)
         if crop != int(image_size):
             raise ValueError(
-                f"{where}: field 'crop_size' is {crop} but the model's image_size is "
+                f"{where}: field {'size' if squash else 'crop_size'!r} is {crop} but the model's image_size is "
                 f"{image_size}; the vision tower's position embeddings fix the input size"
             )
         mean = _triple(cfg, "image_mean", OPENAI_CLIP_MEAN, bad)
         std = _triple(cfg, "image_std", OPENAI_CLIP_STD, bad)
         try:
-            return cls(resize=resize, crop_size=crop, mean=mean, std=std)
+            return cls(resize=resize, crop_size=crop, mean=mean, std=std, squash=squash)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
 
@@ -371,6 +391,9 @@ def eval_transform(images: Sequence[ImageLike] | ImageLike, transform: ImageTran
     """
 
     def crop(im: PIL.Image.Image) -> np.ndarray:
+        if transform.squash:
+            c = transform.crop_size
+            return np.asarray(im.resize((c, c), resample=PIL.Image.Resampling.BICUBIC))
         new_size = _shortest_side_size(im.width, im.height, transform.resize)
         im = im.resize(new_size, resample=PIL.Image.Resampling.BICUBIC)
         return _center_crop(np.asarray(im), transform.crop_size)

@@ -1,9 +1,11 @@
-"""Randomly initialised CLIP checkpoints in Hugging Face format, made offline.
+"""Randomly initialised CLIP (and SigLIP) checkpoints in Hugging Face format, made offline.
 
 No pretrained weights can be downloaded on the machines where tests, the
 offline default and the benchmarks run, so they make a checkpoint here and load
 it through the same `clip.load` path a real checkpoint takes. Geometries:
-`tiny` (seconds on a CPU) and `vit-b-16` (the real ViT-B/16 shapes).
+`tiny` (seconds on a CPU), `vit-b-16` (the real ViT-B/16 shapes) and
+`siglip-tiny` (a `SiglipModel` checkpoint of tiny widths, with a SigLIP 2 style
+tokenizer.json).
 
     python -m aape_jax.clip.tiny DIR [--geometry tiny] [--seed 0]
 """
@@ -23,7 +25,12 @@ from safetensors.numpy import save_file
 from aape_jax import hf_weights
 from aape_jax.clip import weights
 from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
-from aape_jax.clip.tokenizer import write_byte_level_vocab
+from aape_jax.clip.siglip_tokenizer import TOKENIZER_JSON, write_tiny_siglip_tokenizer
+from aape_jax.clip.tokenizer import (
+    read_vocab_and_merges,
+    write_byte_level_vocab,
+    write_tokenizer_files,
+)
 
 GEOMETRIES: dict[str, CLIPConfig] = {
     "tiny": CLIPConfig(
@@ -38,6 +45,15 @@ GEOMETRIES: dict[str, CLIPConfig] = {
         vision=VisionConfig(patch_size=16),
         projection_dim=512,
     ),
+    "siglip-tiny": CLIPConfig(
+        text=TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                        context_length=32, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, eot_token_id=1,
+                        causal=False),
+        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=32,
+                            patch_size=8, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, map_head=True),
+        projection_dim=64,
+        family="siglip",
+    ),
 }
 
 # Words the tiny vocabulary learns merges from, so prompts tokenise into words, not bytes.
@@ -48,7 +64,12 @@ _DEFAULT_CORPUS = (
 )
 
 
-def _preprocessor_config(image_size: int) -> dict:
+def _preprocessor_config(config: CLIPConfig) -> dict:
+    image_size = config.vision.image_size
+    if config.family == "siglip":
+        return {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor", "resample": 3,
+                "rescale_factor": 1 / 255, "size": {"height": image_size, "width": image_size}}
     return {
         "crop_size": {"height": image_size, "width": image_size},
         "do_center_crop": True,
@@ -72,14 +93,17 @@ def random_params(config: CLIPConfig, seed: int = 0) -> dict:
     takes seconds even for the tiny geometry; shapes come from `eval_shape`
     instead. Kernels ~ N(0, 1/fan_in) (LeCun, so random features still vary
     with the input), embeddings ~ N(0, 0.02), biases 0, LayerNorm scales 1;
-    the logit scale is CLIP's trained log(100).
+    the logit scale is CLIP's trained log(100) (SigLIP: its initial log(10), with
+    its initial logit bias -10).
     """
     rng = np.random.default_rng(seed)
     flat = {}
     for path, shape in weights.expected_shapes(config).items():
         leaf = path[-1]
         if path == ("logit_scale",):
-            flat[path] = np.asarray(np.log(100.0), np.float32)
+            flat[path] = np.asarray(np.log(10.0 if config.family == "siglip" else 100.0), np.float32)
+        elif path == ("logit_bias",):
+            flat[path] = np.asarray(-10.0, np.float32)
         elif leaf == "bias":
             flat[path] = np.zeros(shape, np.float32)
         elif leaf == "scale":
@@ -102,13 +126,18 @@ def write_checkpoint(
 ) -> str:
     """Writes a CLIP in HF format (config, safetensors, tokenizer, preprocessor): random, or `params`.
 
+    The tokenizer goes in both layouts: `vocab.json` + `merges.txt`, `tokenizer.json`
+    (as transformers' CLIPTokenizer writes it), `tokenizer_config.json` and
+    `special_tokens_map.json`.
+
     Args:
       directory: created if needed; existing checkpoint files are replaced.
       geometry: a name in `GEOMETRIES` or a `CLIPConfig`.
       seed: parameter initialisation seed.
       corpus: extra texts the byte-level vocabulary learns merges from.
-      tokenizer_dir: copy `vocab.json`/`merges.txt` from here instead of
-        learning a vocabulary (needed for the real 49,408-token geometry).
+      tokenizer_dir: take the vocabulary from here (`vocab.json` + `merges.txt`,
+        copied as they are, or else `tokenizer.json`) instead of learning one
+        (needed for the real 49,408-token geometry).
       params: a trained Flax parameter tree of this geometry (default: random from `seed`).
 
     Returns:
@@ -121,34 +150,41 @@ def write_checkpoint(
     else:
         config = geometry
     directory = os.fspath(directory)
+    if config.family == "siglip" and tokenizer_dir is not None:
+        raise ValueError("tokenizer_dir= takes a CLIP vocabulary; a SigLIP geometry learns its own tokenizer.json")
     os.makedirs(directory, exist_ok=True)
-    if tokenizer_dir is not None:
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
-        with open(os.path.join(directory, "vocab.json")) as f:
-            vocab_size = len(json.load(f))
+    # Real words repeated so their merges come first; every two-letter word once
+    # so that any vocabulary size up to ~1,200 can be filled.
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    texts = [_DEFAULT_CORPUS, *corpus] * 8 + [" ".join(a + b for a in letters for b in letters)]
+    if config.family == "siglip":
+        write_tiny_siglip_tokenizer(directory, texts, config.text.vocab_size, TOKENIZER_JSON)
+    elif tokenizer_dir is not None:
+        vocab, merges = read_vocab_and_merges(tokenizer_dir)
+        write_tokenizer_files(directory, vocab, merges)
+        names = ("vocab.json", "merges.txt")
+        if all(os.path.isfile(os.path.join(tokenizer_dir, name)) for name in names):
+            # Byte for byte, since file digests (e.g. of text-feature caches) key on them.
+            for name in names:
+                shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(directory, name))
+        vocab_size = len(vocab)
         config = dataclasses.replace(
             config, text=dataclasses.replace(config.text, vocab_size=vocab_size, eot_token_id=vocab_size - 1)
         )
     elif config.text.vocab_size > 8192:
         raise ValueError(
             f"a {config.text.vocab_size}-token vocabulary cannot be learned from a toy corpus; "
-            "pass tokenizer_dir= with the real vocab.json/merges.txt"
+            "pass tokenizer_dir= with the real vocab.json/merges.txt (or tokenizer.json)"
         )
     else:
-        # Real words repeated so their merges come first; every two-letter word once
-        # so that any vocabulary size up to ~1,200 can be filled.
-        letters = "abcdefghijklmnopqrstuvwxyz"
-        filler = " ".join(a + b for a in letters for b in letters)
-        texts = [_DEFAULT_CORPUS, *corpus] * 8 + [filler]
         write_byte_level_vocab(directory, texts, config.text.vocab_size)
 
     params = random_params(config, seed) if params is None else params
-    save_file(weights.to_state_dict(params), os.path.join(directory, hf_weights.SAFETENSORS))
+    save_file(weights.to_state_dict(params, config), os.path.join(directory, hf_weights.SAFETENSORS))
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
-        json.dump(_preprocessor_config(config.vision.image_size), f, indent=2)
+        json.dump(_preprocessor_config(config), f, indent=2)
     return directory
 
 
@@ -159,7 +195,7 @@ def main() -> None:
     parser.add_argument("directory")
     parser.add_argument("--geometry", default="tiny", choices=sorted(GEOMETRIES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer_dir", default=None, help="copy vocab.json/merges.txt from here")
+    parser.add_argument("--tokenizer_dir", default=None, help="take vocab.json/merges.txt (or tokenizer.json) from here")
     args = parser.parse_args()
     print(write_checkpoint(args.directory, args.geometry, args.seed, tokenizer_dir=args.tokenizer_dir))
 

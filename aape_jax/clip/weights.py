@@ -1,10 +1,13 @@
-"""Hugging Face CLIP checkpoint <-> Flax parameter tree, in pure numpy.
+"""Hugging Face CLIP / SigLIP checkpoint <-> Flax parameter tree, in pure numpy.
 
 Conversion is renaming (`layers.3` -> `layers_3`, `weight` -> `kernel` /
 `embedding` / `scale`) plus transposes (Linear `(out, in)` -> `(in, out)`,
 conv `(O, I, H, W)` -> `(H, W, I, O)` for NHWC images). It is strict: a
 checkpoint tensor that fills no parameter, a parameter left unfilled or a
-shape that differs is an error naming every key at fault.
+shape that differs is an error naming every key at fault. SigLIP's extra
+tensors need no rule of their own: its MAP head's `in_proj_weight` /
+`in_proj_bias` and `probe` keep their torch layout, and its `logit_scale` /
+`logit_bias` of shape (1,) become scalars.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from aape_jax import hf_weights
+from aape_jax.clip.backbone import backbone
 from aape_jax.clip.config import CLIPConfig
-from aape_jax.clip.model import CLIP
 
 # Buffers that older exports carry next to the parameters; they hold no learned values.
 _BUFFERS = re.compile(r"^(text|vision)_model\.embeddings\.position_ids$")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
-_LAYER_NORMS = {"layer_norm1", "layer_norm2", "final_layer_norm", "pre_layrnorm", "post_layernorm"}
+_LAYER_NORMS = {"layer_norm1", "layer_norm2", "final_layer_norm", "pre_layrnorm", "post_layernorm", "layernorm"}
+# Stored with shape (1,) by SiglipModel, () by CLIPModel; scalars in Flax either way.
+_SCALARS = {"logit_scale", "logit_bias"}
 
 
 def _to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
@@ -32,6 +37,8 @@ def _to_flax(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     parts = _LAYER.sub(r".layers_\1.", key).split(".")
     *module, leaf = parts
     owner = module[-1] if module else ""
+    if key in _SCALARS and value.shape == (1,):
+        return (key,), value.reshape(())
     if leaf == "weight":
         if owner in ("token_embedding", "position_embedding"):
             return (*module, "embedding"), value
@@ -59,10 +66,10 @@ def _to_hf_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 
 def expected_shapes(config: CLIPConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Every Flax parameter path of `CLIP(config)` with its shape (no compute)."""
+    """Every Flax parameter path of the backbone of `config` with its shape (no compute)."""
     r, ctx = config.vision.image_size, 1
     abstract = jax.eval_shape(
-        CLIP(config).init,
+        backbone(config).init,
         jax.random.key(0),
         jax.ShapeDtypeStruct((1, r, r, config.vision.num_channels), jnp.float32),
         jax.ShapeDtypeStruct((1, ctx), jnp.int32),
@@ -95,13 +102,21 @@ def convert(state: Mapping[str, np.ndarray], config: CLIPConfig, source: str = "
         else:
             flat[path] = np.asarray(converted, dtype=np.float32)
     missing = [_hf_key(p) for p in expected if p not in seen]
-    hf_weights.raise_if_mismatched(source, "CLIP", mismatched, unused, missing)
+    hf_weights.raise_if_mismatched(source, "SigLIP" if config.family == "siglip" else "CLIP", mismatched, unused,
+                                   missing)
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
-    """Nested Flax `params` -> HF state dict (name -> numpy), e.g. to write a checkpoint."""
+def to_state_dict(params: Mapping, config: CLIPConfig | None = None) -> dict[str, np.ndarray]:
+    """Nested Flax `params` -> HF state dict (name -> numpy), e.g. to write a checkpoint.
+
+    `config` (its family) decides the stored shape of the scalars: (1,) for SigLIP, () for CLIP.
+    """
+    siglip = config is not None and config.family == "siglip"
     out = {}
     for path, value in flax.traverse_util.flatten_dict(dict(params)).items():
-        out[_hf_key(path)] = np.array(_to_hf_layout(path, np.asarray(value)), order="C")
+        value = np.asarray(value)
+        if siglip and path[0] in _SCALARS:
+            value = value.reshape(1)
+        out[_hf_key(path)] = np.array(_to_hf_layout(path, value), order="C")
     return out

@@ -86,6 +86,7 @@ def _build(args: ml_collections.ConfigDict, method: str) -> ml_collections.Confi
     # Default from the toy-world table (README, "What the toy world shows"; seeds 1-3): H of suffix
     # vs prefix 49.0 ± 0.6 vs 48.6 ± 0.3 on toy_shift (within one std) but 7.5 ± 4.5 vs 20.5 ± 7.1 on
     # toy_concepts (13 points lower, beyond either std): not within one std on both, so prefix stays.
+    # On SigLIP (bidirectional text) "suffix" has no cache: the whole sequence per pair (logged).
     config.model.token_position = "prefix"
     # Class template of both heads and of the baselines' hand-crafted prompt: CoOp's per-dataset one.
     config.model.template = DATASET_TEMPLATES.get(config.dataset.name, "a photo of a {}.")

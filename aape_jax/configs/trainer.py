@@ -19,7 +19,7 @@ def add_frozen_clip(config: ml_collections.ConfigDict, clip: str) -> None:
     # "toyworld": the toy world's small CLIP, pretrained once per machine (aape_jax.toyworld).
     config.clip = clip
     config.toyworld_tokenizer_dir = ""  # the real CLIP vocabulary for "toyworld" (empty: aape_jax.toyworld's search)
-    config.random_clip_geometry = "tiny"  # used only when `clip` is empty ("tiny" | "vit-b-16")
+    config.random_clip_geometry = "tiny"  # used only when `clip` is empty ("tiny" | "vit-b-16" | "siglip-tiny")
     config.clip_dtype = "float32"  # compute dtype of the frozen towers ("bfloat16" on TPU/GPU)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import pathlib
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -20,13 +20,13 @@ _CHUNK = 1024  # texts per progress-bar tick
 
 
 def clip_fingerprint(model: FrozenCLIP) -> dict[str, str]:
-    """What makes a CLIP's outputs what they are: weights, tokenizer files, compute dtype."""
-    return {
-        "weights": file_digest(model.weights_file),
-        "vocab": file_digest(os.path.join(model.source, "vocab.json")),
-        "merges": file_digest(os.path.join(model.source, "merges.txt")),
-        "dtype": np.dtype(model.dtype).name,
-    }
+    """What makes a CLIP's outputs what they are: weights, tokenizer files, compute dtype.
+
+    The tokenizer's files are keyed by their stem ("vocab", "merges" for CLIP's classic
+    layout, as before tokenizer.json was read, so existing entries stay valid).
+    """
+    files = {pathlib.Path(f).stem: file_digest(f) for f in model.tokenizer.files}
+    return {"weights": file_digest(model.weights_file), **files, "dtype": np.dtype(model.dtype).name}
 
 
 def encode_texts(model: FrozenCLIP, texts: Sequence[str], desc: str = "text features") -> np.ndarray:
@@ -94,5 +94,7 @@ def class_text(model: FrozenCLIP, template: str, classnames: Sequence[str], num_
     """
     features = template_features(model, store, template, classnames) if store else encode_texts(
         model, fill_classes(template, classnames))
-    ids, eot = template_ids(model.tokenizer, fill_classes(token_prompt or template, classnames), num_tokens)
-    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot))
+    ids, eot = template_ids(model.tokenizer, fill_classes(token_prompt or template, classnames), num_tokens,
+                            full_context=not model.config.text.causal)
+    return ClassText(features=jnp.asarray(features), ids=jnp.asarray(ids), eot=jnp.asarray(eot),
+                     text_start=model.tokenizer.text_start)

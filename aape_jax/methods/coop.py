@@ -14,7 +14,6 @@ import ml_collections
 import numpy as np
 
 from aape_jax.clip.frozen import FrozenCLIP
-from aape_jax.clip.model import CLIP
 from aape_jax.data.feature_store import FeatureStore
 from aape_jax.data.text_features import class_text
 from aape_jax.methods.learner import BaselineData, Learner, cross_entropy_loss
@@ -31,7 +30,9 @@ def context_init(config: ml_collections.ConfigDict, clip: FrozenCLIP) -> np.ndar
     """The token embeddings of `baseline.ctx_init` ("a photo of a"): the context's start [T, W]."""
     n_ctx = len(clip.tokenizer.encode(config.baseline.ctx_init))
     ids = clip.tokenize([config.baseline.ctx_init])
-    return np.asarray(clip.module.apply({"params": clip.params}, ids, method=CLIP.embed_tokens))[0, 1:1 + n_ctx]
+    embeds = np.asarray(clip.module.apply({"params": clip.params}, ids, method="embed_tokens"))
+    start = clip.tokenizer.text_start
+    return embeds[0, start:start + n_ctx]
 
 
 def context_learner(name: str, config: ml_collections.ConfigDict, clip: FrozenCLIP, store: FeatureStore,

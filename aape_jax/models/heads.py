@@ -18,7 +18,9 @@ whether the frozen text tower runs, what it can precompute per class list
         is then the same for every image, so the causal text tower runs over
         that class prefix once per class (keys/values cached per layer,
         `class_cache`) and per (image, class) only the T+1 positions
-        [AAPE..., EOT] run (equal to the plain path within float error).
+        [AAPE..., EOT] run (equal to the plain path within float error). A
+        bidirectional text tower (SigLIP) lets every position see the AAPE, so
+        there it runs the whole sequence per pair instead.
   * `FeatureHead` ("feature", fast): `w_c(x) = n(t_c + P a(x))` with `t_c` the
     precomputed template embedding; no text encoder in the step. `P` starts at
     zero, so an untrained head is zero-shot CLIP.
@@ -35,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aape_jax.clip.model import CLIP, PrefixKV
+from aape_jax.clip.backbone import Backbone
+from aape_jax.clip.model import PrefixKV
 from aape_jax.clip.tokenizer import Tokenizer
 from aape_jax.numerics import l2_normalize
 
@@ -53,22 +56,29 @@ class ClassText:
       features: normalised template embeddings t_c [C, D].
       ids: template token ids [C, L], L just long enough for the inserted tokens.
       eot: position of each template's end-of-text token [C] before insertion.
+      text_start: index of the first text token (1 after CLIP's [SOS], 0 for
+        SigLIP): where "prefix" tokens go.
     """
 
     features: jax.Array
     ids: jax.Array
     eot: jax.Array
+    text_start: int = flax.struct.field(pytree_node=False, default=1)
 
     @property
     def num_classes(self) -> int:
         return self.features.shape[0]
 
 
-def template_ids(tokenizer: Tokenizer, prompts: list[str], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+def template_ids(tokenizer: Tokenizer, prompts: list[str], num_tokens: int,
+                 full_context: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Token ids [C, L] and EOT positions [C] with room for `num_tokens` inserted tokens.
 
     L is the shortest length that holds every prompt plus the inserted tokens,
-    so the text encoder runs on no more positions than it needs.
+    so a causal text encoder runs on no more positions than it needs; with
+    `full_context` (a bidirectional tower pooled at the last position, SigLIP)
+    L + num_tokens is the whole context, the padding it was trained with
+    (`num_tokens` trailing pads make way for the tokens).
     """
     ids = tokenizer(prompts)
     eot = tokenizer.eot_positions(ids)
@@ -79,18 +89,21 @@ def template_ids(tokenizer: Tokenizer, prompts: list[str], num_tokens: int) -> t
             f"the template {worst!r} plus {num_tokens} AAPE token(s) needs {needed} positions, "
             f"more than the text encoder's context of {tokenizer.context_length}"
         )
-    return ids[:, : needed - num_tokens].astype(np.int32), eot.astype(np.int32)
+    length = tokenizer.context_length if full_context else needed
+    return ids[:, : length - num_tokens].astype(np.int32), eot.astype(np.int32)
 
 
 def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array,
-                  position: str = "prefix") -> tuple[jax.Array, jax.Array]:
-    """Inserts per-image tokens after [SOS] ("prefix") or before [EOT] ("suffix") of every class template.
+                  position: str = "prefix", text_start: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Inserts per-image tokens at `text_start` ("prefix": after [SOS] if any) or before [EOT] ("suffix")
+    of every class template.
 
     Args:
       template_embeds: token embeddings of the templates [C, L, W].
       eot: EOT positions of the templates [C].
       tokens: per-image prompt tokens [B, T, W].
       position: "prefix" or "suffix".
+      text_start: index of the templates' first text token (1 for CLIP, 0 for SigLIP).
 
     Returns:
       Embeddings [B*C, L+T, W] (image-major) and their EOT positions [B*C].
@@ -107,9 +120,10 @@ def insert_tokens(template_embeds: jax.Array, eot: jax.Array, tokens: jax.Array,
         return x, jnp.broadcast_to(eot[None] + t, (b, c)).reshape(b * c)
     if position != "prefix":
         raise ValueError(f"token position is {position!r}; choose one of {TOKEN_POSITIONS}")
-    sos = jnp.broadcast_to(template_embeds[None, :, :1], (b, c, 1, w))  # [B, C, 1, W]
+    s = text_start
+    sos = jnp.broadcast_to(template_embeds[None, :, :s], (b, c, s, w))  # [B, C, s, W]
     inserted = jnp.broadcast_to(tokens[:, None].astype(template_embeds.dtype), (b, c, t, w))  # [B, C, T, W]
-    rest = jnp.broadcast_to(template_embeds[None, :, 1:], (b, c, length - 1, w))  # [B, C, L-1, W]
+    rest = jnp.broadcast_to(template_embeds[None, :, s:], (b, c, length - s, w))  # [B, C, L-s, W]
     x = jnp.concatenate([sos, inserted, rest], axis=2).reshape(b * c, length + t, w)  # [B*C, L+T, W]
     positions = jnp.broadcast_to(eot[None] + t, (b, c)).reshape(b * c)  # [B*C]
     return x, positions
@@ -128,16 +142,16 @@ class ClassPrefixCache:
     eot_embed: jax.Array
 
 
-def class_prefix_cache(class_text: ClassText, clip_module: CLIP, clip_params: Any) -> ClassPrefixCache:
+def class_prefix_cache(class_text: ClassText, clip_module: Backbone, clip_params: Any) -> ClassPrefixCache:
     """Runs the causal text tower once per class over its template up to (not including) [EOT].
 
     Depends only on the class list and CLIP: compute it once per class list and
     reuse it for every image (inference), or once per step (training).
     """
-    embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
+    embeds = clip_module.apply({"params": clip_params}, class_text.ids, method="embed_tokens")  # [C, L, W]
     eot = class_text.eot.astype(jnp.int32)  # [C]
     prefix = embeds[:, : embeds.shape[1] - 1]  # [C, P, W], P = L-1 >= every EOT position
-    layers = clip_module.apply({"params": clip_params}, prefix, eot, method=CLIP.encode_text_prefix)
+    layers = clip_module.apply({"params": clip_params}, prefix, eot, method="encode_text_prefix")
     eot_embed = jnp.take_along_axis(embeds, eot[:, None, None], axis=1)[:, 0]  # [C, W]
     return ClassPrefixCache(layers=layers, eot_embed=eot_embed)
 
@@ -191,11 +205,11 @@ class FeatureHead:
     def module(self) -> nn.Module:
         return FeatureProjection(self.embed_dim)
 
-    def class_cache(self, class_text: ClassText, clip_module: CLIP | None, clip_params: Any) -> None:
+    def class_cache(self, class_text: ClassText, clip_module: Backbone | None, clip_params: Any) -> None:
         """Nothing to precompute beyond the template features."""
         return None
 
-    def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: CLIP | None = None,
+    def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: Backbone | None = None,
                       clip_params: Any = None, cache: None = None) -> jax.Array:
         """`P a(x)` [B, D] -> normalised per-image class weights [B, C, D]."""
         return l2_normalize(class_text.features[None] + head_out[:, None])
@@ -225,11 +239,17 @@ class TokenHead:
     def module(self) -> nn.Module:
         return TokenProjection(self.num_tokens, self.token_width)
 
-    def class_cache(self, class_text: ClassText, clip_module: CLIP, clip_params: Any) -> ClassPrefixCache | None:
-        """For "suffix", the classes' `class_prefix_cache` (what every image shares); else None."""
-        return class_prefix_cache(class_text, clip_module, clip_params) if self.position == "suffix" else None
+    def class_cache(self, class_text: ClassText, clip_module: Backbone, clip_params: Any) -> ClassPrefixCache | None:
+        """For "suffix" on a causal text tower, the classes' `class_prefix_cache` (what every image shares);
+        else None."""
+        return class_prefix_cache(class_text, clip_module, clip_params) if self._caches(clip_module) else None
 
-    def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: CLIP, clip_params: Any,
+    def _caches(self, clip_module: Backbone) -> bool:
+        # The cache holds what the template computes before the tokens; a bidirectional
+        # tower (SigLIP) lets the template attend to them, so nothing can be cached.
+        return self.position == "suffix" and clip_module.config.text.causal
+
+    def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: Backbone, clip_params: Any,
                       cache: ClassPrefixCache | None = None, *, use_prefix_cache: bool = True,
                       class_chunk: int | None = CLASS_CHUNK) -> jax.Array:
         """Prompt tokens [B, T, W] -> normalised per-image class weights [B, C, D].
@@ -241,26 +261,27 @@ class TokenHead:
           cache: "suffix": the classes' `class_cache` (else computed here).
           use_prefix_cache: "suffix": run the class prefixes once and only
             [AAPE..., EOT] per (image, class). False: the plain path, the whole
-            sequence per pair (the reference the cached path is tested against).
+            sequence per pair (the reference the cached path is tested against),
+            which a bidirectional text tower (SigLIP) always takes.
           class_chunk: the whole-sequence path runs the classes in chunks of this
             size, each rematerialised in the backward pass, so training memory
             grows with the chunk, not with B x C (None: all classes at once).
         """
         b, c = head_out.shape[0], class_text.num_classes
-        if self.position == "suffix" and use_prefix_cache:
+        if use_prefix_cache and self._caches(clip_module):
             cache = cache if cache is not None else class_prefix_cache(class_text, clip_module, clip_params)
             t, w = head_out.shape[1:]
             tokens = jnp.broadcast_to(head_out[:, None].astype(cache.eot_embed.dtype), (b, c, t, w))  # [B, C, T, W]
             eot = jnp.broadcast_to(cache.eot_embed[None, :, None], (b, c, 1, w))  # [B, C, 1, W]
             z = clip_module.apply({"params": clip_params}, jnp.concatenate([tokens, eot], axis=2), cache.layers,
-                                  method=CLIP.encode_text_after_prefix)  # [B, C, D]
+                                  method="encode_text_after_prefix")  # [B, C, D]
             return l2_normalize(z)
-        embeds = clip_module.apply({"params": clip_params}, class_text.ids, method=CLIP.embed_tokens)  # [C, L, W]
+        embeds = clip_module.apply({"params": clip_params}, class_text.ids, method="embed_tokens")  # [C, L, W]
 
         def encode_pairs(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
             chunk_embeds, chunk_eot = chunk  # [K, L, W], [K]
-            x, eot = insert_tokens(chunk_embeds, chunk_eot, head_out, self.position)
-            z = clip_module.apply({"params": clip_params}, x, eot, method=CLIP.encode_text_embeddings)  # [B*K, D]
+            x, eot = insert_tokens(chunk_embeds, chunk_eot, head_out, self.position, class_text.text_start)
+            z = clip_module.apply({"params": clip_params}, x, eot, method="encode_text_embeddings")  # [B*K, D]
             return z.reshape(b, chunk_eot.shape[0], -1)  # [B, K, D]
 
         if class_chunk is None or c <= class_chunk:
