@@ -1,5 +1,6 @@
 """Test set-up: 8 simulated CPU devices, set before jax is imported anywhere."""
 
+import json
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -26,6 +27,22 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (CI always has it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cupl_texts(shared_data: pathlib.Path) -> list[str]:
+    """Every class name and LLM sentence of the CuPL prompt files in ../shared/data/cupl."""
+    files = sorted((shared_data / "cupl").glob("*.json"))
+    assert files, f"no CuPL files in {shared_data / 'cupl'}"
+    texts: list[str] = []
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            prompts: dict[str, list[str]] = json.load(f)
+        for classname, sentences in prompts.items():
+            texts.append(classname)
+            texts.extend(sentences)
+    assert len(texts) > 10000
+    return texts
 
 
 @pytest.fixture(scope="session")

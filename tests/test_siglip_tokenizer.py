@@ -72,19 +72,6 @@ HAND_CASES = [
 ]
 
 
-def _cupl_texts(shared_data: pathlib.Path) -> list[str]:
-    files = sorted((shared_data / "cupl").glob("*.json"))
-    assert files, f"no CuPL files in {shared_data / 'cupl'}"
-    texts: list[str] = []
-    for file in files:
-        with open(file, encoding="utf-8") as f:
-            prompts: dict[str, list[str]] = json.load(f)
-        for classname, sentences in prompts.items():
-            texts.append(classname)
-            texts.extend(sentences)
-    return texts
-
-
 def _reference(directory: pathlib.Path, kind: str = "auto"):
     if kind == "fast":
         return transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))
@@ -101,13 +88,6 @@ def _assert_same(ours: np.ndarray, expected: np.ndarray, texts: list[str]) -> No
     assert ours.dtype == np.int32 and ours.shape == (len(texts), CONTEXT)
     bad = np.flatnonzero((ours != expected).any(axis=1))
     assert bad.size == 0, [(texts[i][:60], ours[i].tolist(), expected[i].tolist()) for i in bad[:3]]
-
-
-@pytest.fixture(scope="session")
-def cupl_texts(shared_data: pathlib.Path) -> list[str]:
-    texts = _cupl_texts(shared_data)
-    assert len(texts) > 10000
-    return texts
 
 
 @pytest.fixture(scope="session")

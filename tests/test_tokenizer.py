@@ -82,22 +82,6 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 # ------------------------------------------------------------- equality with OpenAI
 
 
-@pytest.fixture(scope="module")
-def cupl_texts(shared_data: pathlib.Path) -> list[str]:
-    """Every class name and LLM sentence of the CuPL prompt files."""
-    files = sorted((shared_data / "cupl").glob("*.json"))
-    assert files, f"no CuPL files in {shared_data / 'cupl'}"
-    texts: list[str] = []
-    for file in files:
-        with open(file, encoding="utf-8") as f:
-            prompts: dict[str, list[str]] = json.load(f)
-        for classname, sentences in prompts.items():
-            texts.append(classname)
-            texts.extend(sentences)
-    assert len(texts) > 1000
-    return texts
-
-
 def test_matches_openai_on_all_cupl_sentences(
     tok: Tokenizer, ref: openai_ref.SimpleTokenizer, cupl_texts: list[str]
 ) -> None:

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import tokenizers
 
+from aape_jax.clip.tokenizer import first_positions
+
 __all__ = [
     "SPIECE_MODEL",
     "TOKENIZER_JSON",
@@ -641,15 +643,7 @@ class SiglipTokenizer:
         Raises:
           ValueError: `ids` is not 2-D or a row contains no eos.
         """
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"expected ids of shape [N, L], got shape {ids.shape}")
-        is_eot = ids == self.eot_id
-        has_eot = is_eot.any(axis=1)
-        if not has_eot.all():
-            rows = np.flatnonzero(~has_eot)[:5].tolist()
-            raise ValueError(f"no end-of-sequence token (id {self.eot_id}) in rows {rows}")
-        return np.argmax(is_eot, axis=1).astype(np.int32)
+        return first_positions(ids, self.eot_id, "end-of-sequence token")
 
 
 # ----------------------------------------------------------------------------- tiny vocabularies

@@ -41,6 +41,7 @@ __all__ = [
     "Tokenizer",
     "bytes_to_unicode",
     "clean_text",
+    "first_positions",
     "pre_tokenize",
     "read_vocab_and_merges",
     "write_byte_level_vocab",
@@ -301,15 +302,24 @@ class Tokenizer:
         Raises:
           ValueError: `ids` is not 2-D or a row contains no EOT.
         """
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"expected ids of shape [N, L], got shape {ids.shape}")
-        is_eot = ids == self.eot_id
-        has_eot = is_eot.any(axis=1)
-        if not has_eot.all():
-            rows = np.flatnonzero(~has_eot)[:5].tolist()
-            raise ValueError(f"no EOT token (id {self.eot_id}) in rows {rows}")
-        return np.argmax(is_eot, axis=1).astype(np.int32)
+        return first_positions(ids, self.eot_id, "EOT token")
+
+
+def first_positions(ids: np.ndarray, token_id: int, what: str) -> np.ndarray:
+    """Index of the first `token_id` in every row of `ids` ([N, L]) as int32 [N].
+
+    Raises:
+      ValueError: `ids` is not 2-D, or a row holds no `token_id` (`what` names it).
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"expected ids of shape [N, L], got shape {ids.shape}")
+    found = ids == token_id
+    has = found.any(axis=1)
+    if not has.all():
+        rows = np.flatnonzero(~has)[:5].tolist()
+        raise ValueError(f"no {what} (id {token_id}) in rows {rows}")
+    return np.argmax(found, axis=1).astype(np.int32)
 
 
 def _read_vocab(path: pathlib.Path) -> dict[str, int]:
