@@ -48,7 +48,7 @@ IGNORED_ON_RESUME: tuple[str, ...] = (
     "coco_metrics", "decoding",  # captioning's scores and how its evaluation captions are decoded
     "vqa.shots", "vqa.style", "vqa.max_questions",  # which VQA evaluations run and how they are scored
     # layout only: the same global batch and step on other devices (equal up to float rounding)
-    "num_devices", "parallelism",
+    "num_devices", "parallelism", "decode_workers",
 )
 
 TASKS = ("classification", "retrieval", "captioning", "vqa")
@@ -123,7 +123,7 @@ def _common_rules() -> list[tuple[str, _Rule]]:
         ("optim.warmup_epochs", _integer(0)), ("optim.warmup_lr", _real(0)), ("optim.grad_clip", _real(0)),
         ("batch_size", _integer(1)), ("num_epochs", _integer(0)), ("seed", _integer(0)),
         ("parallelism", _choice(("jit", "pmap"))), ("num_devices", _integer(0)),
-        ("eval_batch_size", _integer(1)), ("feature_store", _string),
+        ("eval_batch_size", _integer(1)), ("feature_store", _string), ("decode_workers", _integer(0)),
         ("checkpoint_keep", _integer(1)), ("checkpoint_every_epochs", _integer(1)),
         ("init", _string), ("log_every_steps", _integer(1)), ("resume_with_changes", _boolean),
     ]
@@ -131,13 +131,14 @@ def _common_rules() -> list[tuple[str, _Rule]]:
 
 def _classification_rules() -> list[tuple[str, _Rule]]:
     from aape_jax.data.datasets import SOURCES
+    from aape_jax.data.pipeline import ON_BAD_IMAGE
     from aape_jax.methods import METHODS
     from aape_jax.models.heads import COMBINE_MODES, TOKEN_POSITIONS
 
     return [
         ("method", _choice(METHODS)), ("protocol", _choice(("base2new", "fewshot", "transfer"))),
         ("dataset.name", _string), ("dataset.root", _string), ("dataset.source", _choice(SOURCES)),
-        ("dataset.shots", _integer(1)),
+        ("dataset.shots", _integer(1)), ("dataset.on_bad_image", _choice(ON_BAD_IMAGE)),
         ("dataset.synthetic_classes", _integer(2)), ("dataset.synthetic_train_per_class", _integer(1)),
         ("dataset.synthetic_test_per_class", _integer(1)),
         ("prompts.path", _string), ("prompts.fallback_to_templates", _boolean),

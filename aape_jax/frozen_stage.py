@@ -3,7 +3,6 @@ computes once into the store."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from aape_jax import clip as clip_lib
 from aape_jax import distributed, lm, storage, toyworld
 from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.clip.tiny import write_checkpoint
-from aape_jax.data.feature_store import FeatureStore, extract_image_features
+from aape_jax.data.feature_store import FeatureStore, extract_image_features, skipped_rows
 from aape_jax.data.text_features import clip_fingerprint
 from aape_jax.data.types import Example
 
@@ -114,23 +113,40 @@ def _write_random(directory: str, what: str, write) -> None:
 
 
 def image_features(model: FrozenCLIP, store: FeatureStore, examples: list[Example], data_key: dict, *,
-                   augment: bool, views: int, seed: int, desc: str, grid: bool = False) -> np.ndarray:
+                   augment: bool, views: int, seed: int, desc: str, grid: bool = False, workers: int | None = None,
+                   on_bad_image: str = "fail") -> np.ndarray:
     """Cached CLIP image features [N, views, D] (normalised later, in the step); with `grid`, rows of
-    `FrozenCLIP.encode_image_grid` [N, views, D + P * W] (the feature, then the patch tokens)."""
+    `FrozenCLIP.encode_image_grid` [N, views, D + P * W] (the feature, then the patch tokens).
+
+    Images are decoded by `workers` threads (None: one per core), which changes nothing in the result.
+    With `on_bad_image="skip"` an image that cannot be decoded gets NaN rows (`drop_skipped` removes them)."""
     key = {
         "clip": clip_fingerprint(model),
-        "transform": dataclasses.asdict(model.transform),
+        "transform": model.transform.key(),
         "data": data_key,
         "examples": [[e.key, e.label] for e in examples],
         "augment": augment, "views": views, "seed": seed,
         **({"grid": True} if grid else {}),  # absent otherwise: the stores written before grids stay valid
+        **({"on_bad_image": on_bad_image} if on_bad_image != "fail" else {}),
     }
     encode = model.encode_image_grid if grid else model.encode_image
 
     def compute(rows: slice) -> dict[str, np.ndarray]:
         z = extract_image_features(encode, examples, model.transform, views=views, seed=seed,
                                    augment=augment, batch_size=min(model.max_batch, EXTRACT_BATCH), desc=desc,
-                                   rows=rows)
+                                   rows=rows, workers=workers, on_bad_image=on_bad_image)
         return {"z": z}
 
     return store.get_or_compute_sharded("images", key, len(examples), compute)["z"]
+
+
+def drop_skipped(examples: list[Example], features: np.ndarray, what: str) -> tuple[list[Example], np.ndarray,
+                                                                                      list[str]]:
+    """The examples and features without those `image_features(..., on_bad_image="skip")` could not decode,
+    and the keys of those (logged, for the run's metrics)."""
+    skipped = skipped_rows(features)
+    if not skipped.any():
+        return examples, features, []
+    keys = [e.key for e, s in zip(examples, skipped) if s]
+    logging.warning("%s: left out %d image(s) that cannot be decoded: %s", what, len(keys), ", ".join(keys))
+    return [e for e, s in zip(examples, skipped) if not s], features[~skipped], keys

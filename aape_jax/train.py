@@ -24,7 +24,7 @@ from aape_jax.data import toyworld as toyworld_data
 from aape_jax.data.feature_store import FeatureStore, fingerprint
 from aape_jax.data.types import ImageDataset
 from aape_jax.errors import ConfigError
-from aape_jax.frozen_stage import image_features, load_clip
+from aape_jax.frozen_stage import drop_skipped, image_features, load_clip
 from aape_jax.numerics import harmonic_mean
 from aape_jax.prompts import IMAGENET_TEMPLATES, match_classes, read_class_descriptions
 from aape_jax.prompts.aliases import aliases_for
@@ -103,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_classes, evaluations = protocol_splits(config, dataset)
     train_names = [dataset.classnames[i] for i in train_classes]
     prompts_by_name: dict[str, list[str]] = {}
+    skipped_images: dict[str, list[str]] = {}
 
     def prompts_of(names):
         missing = [n for n in names if n not in prompts_by_name]
@@ -126,7 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params, history = trainer.evaluation_params(learner.init_params, config, workdir)
     elif learner.init_params is not None:
         # The draw is cached as JSON, as CoOp does, so every method and rerun trains on the same images.
-        draw = {"dataset": config.dataset.to_dict(), "protocol": config.protocol}
+        # (on_bad_image does not change the draw: left out, the draw files written before it stay in use.)
+        dataset_fields = {k: v for k, v in config.dataset.to_dict().items() if k != "on_bad_image"}
+        draw = {"dataset": dataset_fields, "protocol": config.protocol}
         fewshot_file = (store.root / "fewshot" /
                         f"{dataset.name}_shot{config.dataset.shots}_seed{config.seed}_{fingerprint(draw)[:12]}.json")
         train = protocol.few_shot_cached(protocol.subsample(dataset.train, train_classes), config.dataset.shots,
@@ -136,7 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               f"images ({config.dataset.shots} shots of {len(train_classes)} classes)",
                               hint="lower --config.batch_size (it must stay divisible by the device count)")
         train_z = image_features(model_clip, store, train, dataset_identity(config, dataset.name), augment=True,
-                                 views=config.dataset.num_views, seed=config.seed, desc="train image features")
+                                 views=config.dataset.num_views, seed=config.seed, desc="train image features",
+                                 **decoding(config))
+        train, train_z, skipped_images["train"] = drop_skipped(train, train_z, "train images")
         labels = np.array([e.label for e in train])
         run = trainer.TrainingRun(init_params=learner.init_params, make_loss=learner.make_loss,
                                   step_data=learner.step_data, features=train_z, labels=labels, prompt_rows=labels)
@@ -144,16 +149,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Stage 3: evaluation on each (test set, candidate classes) of the protocol.
     metrics: dict[str, Any] = {"method": learner.name, "protocol": config.protocol,
-                               **evaluate_protocol(config, learner, params, model_clip, store, evaluations, mesh)}
+                               **evaluate_protocol(config, learner, params, model_clip, store, evaluations, mesh,
+                                                   skipped_images)}
     if config.report_zeroshot and learner.name != "zeroshot_clip":
         # Zero-shot CLIP with the same template on the same images: the reference every method must beat.
         zeroshot = methods.build(_zeroshot_config(config), model_clip, store, train_names, prompts_of)
-        reference = evaluate_protocol(config, zeroshot, None, model_clip, store, evaluations, mesh)
+        reference = evaluate_protocol(config, zeroshot, None, model_clip, store, evaluations, mesh, {})
         metrics["zeroshot"] = {k: v for k, v in reference.items() if isinstance(v, float)}  # not per class
     metrics.update(
         train_loss=history[-1]["loss"] if history else None, history=history, num_devices=int(mesh.size),
         random_weights=not config.clip,
     )
+    if any(skipped_images.values()):  # dataset.on_bad_image="skip": the images left out, per split
+        metrics["skipped_images"] = {k: v for k, v in skipped_images.items() if v}
     if record["history"]:  # config.resume_with_changes: what changed, and from which step on
         metrics["config_changes"] = record["history"]
     scalars = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "train_loss"}
@@ -162,11 +170,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return metrics
 
 
+def decoding(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`image_features`' decode arguments from the config: threads (`decode_workers`, 0: one per core) and
+    what an undecodable image does (`dataset.on_bad_image`)."""
+    return {"workers": config.get("decode_workers", 0) or None,
+            "on_bad_image": config.dataset.get("on_bad_image", "fail")}
+
+
 def evaluate_protocol(config: ml_collections.ConfigDict, learner: methods.Learner, params: Any, model_clip: FrozenCLIP,
-                      store: FeatureStore, evaluations: list[tuple[str, ImageDataset, list[int]]], mesh
-                      ) -> dict[str, Any]:
+                      store: FeatureStore, evaluations: list[tuple[str, ImageDataset, list[int]]], mesh,
+                      skipped_images: dict[str, list[str]]) -> dict[str, Any]:
     """`<split>_acc` and `<split>_per_class_acc` of every evaluation, plus H (base2new) or the target mean
-    (transfer), on `config.evaluate_split` ("test", or "val" for hyper-parameter selection)."""
+    (transfer), on `config.evaluate_split` ("test", or "val" for hyper-parameter selection). The keys of
+    the images left out as undecodable (`dataset.on_bad_image="skip"`) go into `skipped_images[split]`."""
     eval_split = config.evaluate_split
     clip_params = model_clip.params if learner.uses_clip_text else None
     metrics: dict[str, Any] = {}
@@ -177,7 +193,9 @@ def evaluate_protocol(config: ml_collections.ConfigDict, learner: methods.Learne
             raise ConfigError(f"{test_set.name} has no {eval_split} images for its {split} classes "
                              "(config.evaluate_split)")
         z = image_features(model_clip, store, test, dataset_identity(config, test_set.name), augment=False, views=1,
-                           seed=0, desc=f"{split} {eval_split} features")[:, 0]
+                           seed=0, desc=f"{split} {eval_split} features", **decoding(config))
+        test, z, skipped_images[split] = drop_skipped(test, z, f"{split} {eval_split} images")
+        z = z[:, 0]
         pred = evaluate.logits(learner.logits_fn, params, z, learner.class_text(names), clip_params,
                                model_clip.params["logit_scale"], mesh, config.eval_batch_size).argmax(-1)
         truth = [e.label for e in test]

@@ -14,6 +14,7 @@ from aape_jax.clip import tiny
 from aape_jax.configs import classification
 from aape_jax.data import protocol, synthetic
 from aape_jax.data.feature_store import FeatureStore
+from aape_jax.errors import BadImageError
 from experiments import aape_cross_dataset, aape_fewshot
 
 
@@ -144,6 +145,23 @@ def test_base2new_on_a_coop_layout_tree(store, tmp_path):
     metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert len(metrics["base_per_class_acc"]) == 2 and len(metrics["new_per_class_acc"]) == 2
     assert os.listdir(os.path.join(store, "fewshot"))
+
+
+def test_undecodable_images_fail_or_are_skipped_and_listed(store, tmp_path):
+    _write_coop_tree(tmp_path / "data")
+    split = json.loads((tmp_path / "data" / "dtd" / "split_zhou_DescribableTextures.json").read_text())
+    bad_train, bad_test = split["train"][3][0], split["test"][9][0]  # a base-class train image, a new-class test one
+    for rel in (bad_train, bad_test):
+        (tmp_path / "data" / "dtd" / "images" / rel).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    overrides = {"dataset.name": "dtd", "dataset.root": str(tmp_path / "data"), "dataset.shots": 16,
+                 "batch_size": 16, "feature_store": str(tmp_path / "store")}
+    with pytest.raises(BadImageError, match=bad_train.split("/")[-1]):
+        train.train_and_evaluate(_config("linear_probe", store, **overrides), str(tmp_path / "fail"))
+    metrics = train.train_and_evaluate(_config("linear_probe", store, **overrides, **{"dataset.on_bad_image": "skip"}),
+                                       str(tmp_path / "skip"))
+    assert metrics["skipped_images"] == {"train": [bad_train], "new": [bad_test]}
+    assert json.load(open(tmp_path / "skip" / "metrics.json"))["skipped_images"]["new"] == [bad_test]
+    assert 0 <= metrics["new_acc"] <= 100
 
 
 def test_unknown_method_and_protocol(store, tmp_path):

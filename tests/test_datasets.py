@@ -259,7 +259,7 @@ def test_tfds_generic_builder():
     assert [e.label for e in ds.train] == [0, 1, 1] and ds.val == []
     assert ds.test[0].key == "tfds/my_tfds_set/test/0"
     assert ds.train[2].key == "tfds/my_tfds_set/train/2"
-    assert ds.train[0].image.dtype == np.uint8 and ds.train[0].image.shape == (3, 2, 3)
+    assert ds.train[0].image.name == "tfds/my_tfds_set/train/0"  # a RecordImage, read when decoded
     assert load_image(ds.train[0].image).size == (2, 3)
 
 
@@ -352,3 +352,25 @@ def test_load_dataset_unknown_names_and_sources(tmp_path):
         load_dataset("cifar10", tmp_path)
     with pytest.raises(ValueError, match="valid sources: coop, tfds, folder"):
         load_dataset("dtd", tmp_path, source="hf")
+
+
+def test_tfds_images_are_read_only_when_decoded():
+    class Record(dict):
+        reads = 0
+
+        def __getitem__(self, k):
+            if k == "image":
+                Record.reads += 1
+            return super().__getitem__(k)
+
+    import io
+
+    buf = io.BytesIO()
+    PIL.Image.fromarray(np.full((5, 4, 3), 9, np.uint8)).save(buf, format="PNG")
+    records = [Record(image=buf.getvalue(), label=np.int64(i % 2)) for i in range(50)]
+    records[7] = Record(image=b"not an image", label=np.int64(1))
+    ds = load_tfds("my_tfds_set", builder=FakeBuilder(["x", "y"], {"train": records}))
+    assert len(ds.train) == 50 and Record.reads == 0  # labels only: no image held or decoded
+    assert np.asarray(load_image(ds.train[3].image)).shape == (5, 4, 3) and Record.reads == 1
+    with pytest.raises(ValueError, match=r"tfds/my_tfds_set/train/7"):
+        load_image(ds.train[7].image)

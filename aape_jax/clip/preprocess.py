@@ -22,6 +22,7 @@ so no per-pixel Python work happens anywhere.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -40,13 +41,31 @@ __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "PREPROCESSOR_CONFIG_NAME",
+    "RecordImage",
     "load_image",
+    "eval_crop",
+    "augment_crop",
+    "normalize",
     "eval_transform",
     "train_augment",
     "random_resized_crop_params",
 ]
 
-ImageLike = str | os.PathLike | PIL.Image.Image | np.ndarray
+
+@dataclasses.dataclass(frozen=True)
+class RecordImage:
+    """An image read only when it is decoded: a record of a source too large to hold in memory.
+
+    Attributes:
+      read: () -> the encoded bytes, a uint8 array or a PIL image.
+      name: what errors call it (e.g. "tfds dtd/test[12]").
+    """
+
+    read: Callable[[], Any]
+    name: str
+
+
+ImageLike = str | os.PathLike | PIL.Image.Image | np.ndarray | RecordImage
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -96,6 +115,14 @@ class ImageTransform:
             raise ValueError(f"mean and std need 3 entries (RGB), got {self.mean}, {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std entries must be positive, got {self.std}")
+
+    def key(self) -> dict[str, Any]:
+        """The fields as a dict for cache keys; `squash` only when set, so the keys of CLIP
+        transforms written before it existed stay the same."""
+        fields = dataclasses.asdict(self)
+        if not self.squash:
+            del fields["squash"]
+        return fields
 
     @classmethod
     def openai(cls, image_size: int) -> ImageTransform:
@@ -240,7 +267,21 @@ def load_image(image: ImageLike) -> PIL.Image.Image:
         return _array_to_rgb(image)
     if isinstance(image, (str, os.PathLike)):
         return _open_rgb(image)
-    raise TypeError(f"expected a path, PIL.Image.Image or np.ndarray image, got {type(image).__name__}")
+    if isinstance(image, RecordImage):
+        return _read_record(image)
+    raise TypeError(f"expected a path, PIL.Image.Image, np.ndarray or RecordImage image, got {type(image).__name__}")
+
+
+def _read_record(record: RecordImage) -> PIL.Image.Image:
+    data = record.read()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return load_image(data)
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as im:
+            rgb = _to_rgb(im)
+            return rgb.copy() if rgb is im else rgb
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot decode image {record.name}: {e}") from e
 
 
 def _open_rgb(path: str | os.PathLike) -> PIL.Image.Image:
@@ -323,25 +364,16 @@ def _normalize_lut(transform: ImageTransform) -> np.ndarray:
     return (v[None, :] - mean) / std
 
 
-def _normalized_batch(
-    images: Sequence[ImageLike] | ImageLike,
-    transform: ImageTransform,
-    crop: Callable[[PIL.Image.Image], np.ndarray],
-) -> np.ndarray:
-    """float32 [N, crop_size, crop_size, 3]: each image loaded, cut by ``crop`` to uint8
-    [crop_size, crop_size, 3], then normalised through the lut [3, 256].
+def normalize(pixels: np.ndarray, transform: ImageTransform) -> np.ndarray:
+    """uint8 crops [..., crop_size, crop_size, 3] -> float32 normalised through the lut [3, 256].
 
     One 1-D lookup per channel: ~2x faster than float64 rescale arithmetic and
     ~3x faster than a single 2-D fancy index, while staying bit-identical to HF.
     """
-    items = _as_list(images)
-    c = transform.crop_size
     lut = _normalize_lut(transform)
-    out = np.empty((len(items), c, c, 3), dtype=np.float32)
-    for n, item in enumerate(items):
-        pixels = crop(load_image(item))
-        for ch in range(3):
-            out[n, ..., ch] = lut[ch][pixels[..., ch]]
+    out = np.empty(pixels.shape, dtype=np.float32)
+    for ch in range(3):
+        out[..., ch] = lut[ch][pixels[..., ch]]
     return out
 
 
@@ -379,8 +411,20 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Public transforms
 # --------------------------------------------------------------------------- #
+def eval_crop(image: ImageLike, transform: ImageTransform) -> np.ndarray:
+    """One image -> uint8 [crop_size, crop_size, 3] before normalisation: CLIP's resize of the
+    shorter side and centre crop, or with `transform.squash` SigLIP's resize to the square."""
+    im = load_image(image)
+    c = transform.crop_size
+    if transform.squash:
+        return np.asarray(im.resize((c, c), resample=PIL.Image.Resampling.BICUBIC))
+    new_size = _shortest_side_size(im.width, im.height, transform.resize)
+    im = im.resize(new_size, resample=PIL.Image.Resampling.BICUBIC)
+    return _center_crop(np.asarray(im), c)
+
+
 def eval_transform(images: Sequence[ImageLike] | ImageLike, transform: ImageTransform) -> np.ndarray:
-    """CLIP's deterministic test-time preprocessing.
+    """CLIP's deterministic test-time preprocessing (`eval_crop`, then `normalize`).
 
     Args:
       images: one image or a sequence of images of any sizes / modes / kinds.
@@ -389,16 +433,12 @@ def eval_transform(images: Sequence[ImageLike] | ImageLike, transform: ImageTran
     Returns:
       float32 [N, crop_size, crop_size, 3] (N = 1 for a single image).
     """
+    return _normalized_batch([eval_crop(item, transform) for item in _as_list(images)], transform)
 
-    def crop(im: PIL.Image.Image) -> np.ndarray:
-        if transform.squash:
-            c = transform.crop_size
-            return np.asarray(im.resize((c, c), resample=PIL.Image.Resampling.BICUBIC))
-        new_size = _shortest_side_size(im.width, im.height, transform.resize)
-        im = im.resize(new_size, resample=PIL.Image.Resampling.BICUBIC)
-        return _center_crop(np.asarray(im), transform.crop_size)
 
-    return _normalized_batch(images, transform, crop)
+def _normalized_batch(crops: list[np.ndarray], transform: ImageTransform) -> np.ndarray:
+    c = transform.crop_size
+    return normalize(np.stack(crops) if crops else np.empty((0, c, c, 3), np.uint8), transform)
 
 
 def random_resized_crop_params(
@@ -469,14 +509,25 @@ def train_augment(
     if not (0 <= scale[0] <= scale[1]):
         raise ValueError(f"scale must be (lo, hi) with 0 <= lo <= hi, got {scale}")
 
-    def crop(im: PIL.Image.Image) -> np.ndarray:
-        top, left, h, w = random_resized_crop_params(im.height, im.width, rng, scale, ratio)
-        c = transform.crop_size
-        # Crop first, then resize (not resize(box=...)): that is what torchvision's
-        # resized_crop does, and PIL's box resize would pull filter support from
-        # outside the crop at its borders.
-        im = im.crop((left, top, left + w, top + h)).resize((c, c), resample=PIL.Image.Resampling.BICUBIC)
-        pixels = np.asarray(im)
-        return pixels[:, ::-1] if rng.random() < 0.5 else pixels
+    return _normalized_batch([augment_crop(item, transform, rng, scale, ratio) for item in _as_list(images)],
+                             transform)
 
-    return _normalized_batch(images, transform, crop)
+
+def augment_crop(
+    image: ImageLike,
+    transform: ImageTransform,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """One image -> uint8 [crop_size, crop_size, 3] of `train_augment` before normalisation
+    (arguments as there; the crop and the flip draw from `rng`, in that order)."""
+    im = load_image(image)
+    top, left, h, w = random_resized_crop_params(im.height, im.width, rng, scale, ratio)
+    c = transform.crop_size
+    # Crop first, then resize (not resize(box=...)): that is what torchvision's
+    # resized_crop does, and PIL's box resize would pull filter support from
+    # outside the crop at its borders.
+    im = im.crop((left, top, left + w, top + h)).resize((c, c), resample=PIL.Image.Resampling.BICUBIC)
+    pixels = np.asarray(im)
+    return pixels[:, ::-1] if rng.random() < 0.5 else pixels

@@ -64,6 +64,9 @@ def _build(args: ml_collections.ConfigDict, method: str) -> ml_collections.Confi
     config.dataset.source = "coop"  # "coop" (folders + split files) | "tfds" | "folder" (root/<class>/*.jpg)
     config.dataset.shots = args.shots  # training images per base class
     config.dataset.num_views = 4 if runlocal or toy else 8  # K augmented views per training image, precomputed
+    # An image file that cannot be decoded: "fail" (an error naming it) | "skip" (left out, listed in the
+    # log and in metrics.json's skipped_images).
+    config.dataset.on_bad_image = "fail"
     # "synthetic" only: classes and images per class.
     config.dataset.synthetic_classes = 10
     config.dataset.synthetic_train_per_class = 16

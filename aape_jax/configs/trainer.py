@@ -58,6 +58,9 @@ def add_training(config: ml_collections.ConfigDict, *, optimizer: str, learning_
     # On-disk text/image feature store; point sweeps (runs on the same data) at one shared
     # directory (empty: WORKDIR/feature_store).
     config.feature_store = ""
+    # Threads decoding and augmenting images ahead of the image encoder (0: one per core); the features
+    # are bit-identical for any number (aape_jax.data.pipeline).
+    config.decode_workers = 0
     config.checkpoint_keep = 3  # checkpoints preserved (LatestN)
     config.checkpoint_every_epochs = 1
     config.init = ""  # a workdir whose latest checkpoint initialises the trainable tree (if none to resume)

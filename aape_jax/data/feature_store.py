@@ -56,7 +56,8 @@ from etils import epath
 from tqdm import tqdm
 
 from aape_jax import atomic, distributed, storage
-from aape_jax.clip.preprocess import ImageTransform, eval_transform, train_augment
+from aape_jax.clip.preprocess import ImageTransform
+from aape_jax.data.pipeline import DEFAULT_PREFETCH, ViewBatches
 from aape_jax.data.types import Example
 
 __all__ = ["fingerprint", "file_digest", "FeatureStore", "extract_image_features"]
@@ -445,6 +446,13 @@ class _ChunkLog:
 # --------------------------------------------------------------------------- #
 # Image feature extraction
 # --------------------------------------------------------------------------- #
+def skipped_rows(features: np.ndarray) -> np.ndarray:
+    """bool [N]: the examples of `extract_image_features(..., on_bad_image="skip")` [N, views, D] whose
+    image could not be decoded (all their features are NaN)."""
+    return np.isnan(features).all(axis=tuple(range(1, features.ndim))) if features.size else np.zeros(
+        len(features), bool)
+
+
 def extract_image_features(
     encode: Callable[[np.ndarray], Any],
     examples: Sequence[Example],
@@ -456,8 +464,15 @@ def extract_image_features(
     batch_size: int = 64,
     desc: str = "image features",
     rows: slice | None = None,
+    workers: int | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    on_bad_image: str = "fail",
 ) -> np.ndarray:
     """Encodes every example (K views each) with a frozen image encoder.
+
+    Images are decoded and augmented by `workers` threads, `prefetch` batches
+    ahead of the encoder (`aape_jax.data.pipeline.ViewBatches`); the result is
+    bit-identical for any number of workers.
 
     The progress bar advances after every `encode` call (one batch). Called
     inside `FeatureStore.get_or_compute` / `get_or_compute_sharded` (as
@@ -481,11 +496,17 @@ def extract_image_features(
       desc: progress-bar label.
       rows: encode only `examples[rows]` (one process's share); seeds still
         use the indices into the whole `examples`.
+      workers: decode threads (None: one per core; 0: in this thread).
+      prefetch: batches decoded ahead of the encoder.
+      on_bad_image: "fail" raises on an image that cannot be decoded; "skip"
+        logs it and gives all its views NaN features (`skipped_rows` finds them).
 
     Returns:
       float32 [N, views, D], N the number of examples encoded.
 
     Raises:
+      BadImageError: an image cannot be decoded (naming its file and key); the
+        batches encoded before it are kept for the rerun, no entry is written.
       ValueError: bad arguments, inconsistent feature shapes, or a non-finite
         feature (naming the first offending example's key and view).
     """
@@ -530,28 +551,31 @@ def extract_image_features(
     reused = sum(len(z) for z in done.values())
     if reused:
         logging.info("%s: reusing %d of %d encoded images from %s", desc, reused, len(jobs), active.directory)
-    with tqdm(total=len(jobs), desc=desc, unit="img", disable=not distributed.is_main_process()) as bar:
-        start = 0
+    plan: list[tuple[int, np.ndarray | None]] = []  # (start, a saved chunk's features or None to encode)
+    start = 0
+    while start < len(jobs):
+        plan.append((start, done.get(start)))
+        start += len(done[start]) if start in done else batch_size
+    decoded = ViewBatches(examples, jobs, transform, augment=augment, seed=seed, batch_size=batch_size,
+                          workers=workers, prefetch=prefetch, on_bad_image=on_bad_image)
+    with (tqdm(total=len(jobs), desc=desc, unit="img", disable=not distributed.is_main_process()) as bar,
+          contextlib.closing(decoded.batches([s for s, saved in plan if saved is None])) as batches):
         try:
-            while start < len(jobs):
-                if start in done:  # a chunk from an interrupted run: same batches, same bytes
+            for start, saved in plan:
+                if saved is not None:  # a chunk from an interrupted run: same batches, same bytes
                     flush()
-                    feats = done[start]
-                    place(start, feats)
-                    start += len(feats)
-                    pending_start = start
-                    bar.update(len(feats))
+                    place(start, saved)
+                    pending_start = start + len(saved)
+                    bar.update(len(saved))
                     continue
+                _, pixels = next(batches)
                 chunk = jobs[start : start + batch_size]
-                if augment:
-                    pixels = np.concatenate([train_augment(examples[i].image, transform,
-                                                           np.random.default_rng([seed, v, i])) for i, v in chunk])
-                else:
-                    pixels = eval_transform([examples[i].image for i, _ in chunk], transform)
                 feats = np.asarray(encode(pixels), dtype=np.float32)
                 if feats.ndim != 2 or feats.shape[0] != len(chunk):
                     raise ValueError(f"encode returned shape {feats.shape} for {len(chunk)} images; expected [n, D]")
-                bad = ~np.isfinite(feats).all(axis=1)
+                skipped = np.asarray([i in decoded.bad for i, _ in chunk])
+                feats[skipped] = np.nan
+                bad = ~np.isfinite(feats).all(axis=1) & ~skipped
                 if bad.any():
                     i, v = chunk[int(np.argmax(bad))]
                     raise ValueError(
@@ -560,14 +584,14 @@ def extract_image_features(
                     )
                 place(start, feats)
                 pending.append(feats)
-                start += len(chunk)
                 bar.update(len(chunk))
                 if (sum(len(z) for z in pending) >= CHUNK_IMAGES
                         or time.monotonic() - last_flush >= CHUNK_SECONDS):
                     flush()
-                    pending_start = start
+                    pending_start = start + len(chunk)
         except BaseException:
-            # Whatever stops the loop (an error, Ctrl-C), the finished batches are kept for the rerun.
+            # Whatever stops the loop (an error, Ctrl-C), the finished batches are kept for the rerun;
+            # leaving the `with` stops the decode workers.
             try:
                 flush()
             except Exception as e:  # noqa: BLE001 - never mask the original error

@@ -35,21 +35,24 @@ food101; ``val`` is then empty).  ``splits=`` overrides the mapping, e.g.
 ``{"train": "train[:80%]", "test": "train[80%:]"}`` for EuroSAT, which has a
 train split only.
 
-Every image is decoded into memory (``Example.image`` is the uint8 ``[H, W,
-C]`` array), so this source suits small and medium datasets; read ImageNet
-from its CoOp folders (:mod:`aape_jax.data.imagenet`) instead.
-``Example.key`` is ``"tfds/<name>/<tfds split>/<index in that split>"``.
+Images are read lazily: ``Example.image`` is a
+:class:`~aape_jax.clip.preprocess.RecordImage` that reads its record when it
+is decoded (by the extraction's worker threads, :mod:`aape_jax.data.pipeline`),
+so memory is bounded by the pipeline's prefetch depth, not by the split. Only
+the labels are read up front (with TFDS's ``SkipDecoding`` for the image, so
+no image is decoded then, when this module opens the builder itself).
+``Example.key`` is ``"tfds/<name>/<tfds split>/<index in that split>"``; a
+record that cannot be decoded is an error naming it.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import PIL.Image
 
+from aape_jax.clip.preprocess import RecordImage
 from aape_jax.data import classnames as _classnames
 from aape_jax.data.types import Example, ImageDataset
 
@@ -158,14 +161,21 @@ def _pick(available: list[str], *cands: str) -> str | None:
     return next((c for c in cands if c in available), None)
 
 
-def _as_uint8(image: Any, where: str) -> np.ndarray:
-    if isinstance(image, (bytes, bytearray)):
-        with PIL.Image.open(io.BytesIO(image)) as im:
-            image = np.asarray(im.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{where}: expected a uint8 image, got dtype {arr.dtype}")
-    return arr
+def _record_image(source: Any, index: int, key: str) -> RecordImage:
+    """Record `index` of `source`'s image, read when decoded: its encoded bytes or its uint8 array."""
+
+    def read() -> bytes | np.ndarray:
+        image = source[index]["image"]
+        if isinstance(image, (bytes, bytearray)):
+            return bytes(image)
+        arr = np.asarray(image)
+        if arr.dtype == object and arr.ndim == 0:  # SkipDecoding's bytes, as a numpy scalar
+            return bytes(arr.item())
+        if arr.dtype != np.uint8:
+            raise ValueError(f"{key}: expected a uint8 image, got dtype {arr.dtype}")
+        return arr
+
+    return RecordImage(read=read, name=key)
 
 
 def load_tfds(
@@ -203,6 +213,10 @@ def load_tfds(
                 "from a clone (TensorFlow itself is not needed to read array_record data)"
             ) from e
         builder = tfds.builder(tfds_name, data_dir=data_dir)
+        # Labels are read for every record up front; the images only when decoded.
+        open_kwargs = {"decoders": {"image": tfds.decode.SkipDecoding()}}
+    else:
+        open_kwargs = {}
 
     tfds_names = list(builder.info.features["label"].names)
     classnames, remap = _label_map(name, tfds_names)
@@ -220,7 +234,7 @@ def load_tfds(
         if ours not in out:
             raise ValueError(f"splits keys must be train/val/test, got {ours!r}")
         try:
-            source = builder.as_data_source(split=tsplit)
+            source = builder.as_data_source(split=tsplit, **open_kwargs)
         except Exception as e:
             raise RuntimeError(
                 f"{name}: could not open TFDS split {tsplit!r} of {tfds_name} as a data "
@@ -233,5 +247,5 @@ def load_tfds(
             if lab is None:
                 continue
             key = f"tfds/{name}/{tsplit}/{i}"
-            out[ours].append(Example(image=_as_uint8(rec["image"], key), label=lab, key=key))
+            out[ours].append(Example(image=_record_image(source, i, key), label=lab, key=key))
     return ImageDataset(name=name, classnames=classnames, **out)
