@@ -5,6 +5,10 @@ r"""Benchmarks: ours vs transformers' PyTorch CLIP (and decoder) on the same wei
     python -m aape_jax.bench inference    # per-image classification cost, C = 10, 100, 1000
     python -m aape_jax.bench features     # base-to-new run: cold feature store vs rerun
     python -m aape_jax.bench lm           # decoder prefill / cached decoding tokens/s vs transformers' GPT-2
+    python -m aape_jax.bench pipeline     # JPEG decode + preprocess images/s (0, 1, 2 threads); whole feature
+                                          # extraction images/s vs CLIPImageProcessor + DataLoader + PyTorch CLIP
+    python -m aape_jax.bench accelerator  # towers, train_step, inference, pipeline in bf16 on the default JAX
+                                          # device (GPU/TPU), one JSON line of all their figures
     python -m aape_jax.bench NAME --smoke # tiny geometry, one repeat (CI); figures mean nothing
 
 Every benchmark prints its configuration, the machine and its figures, and as
@@ -18,17 +22,38 @@ by `transformers.AutoModelForCausalLM.from_pretrained`.
 Timings: a warm-up call (compilation) excluded, then the median of
 `--repeats` calls, each blocking until its result is ready. PyTorch runs fp32
 with all cores (`torch.set_num_threads(os.cpu_count())`), on the GPU when
-there is one.
+there is one. `--dtype bfloat16` runs our CLIP in bf16 (`towers`, `train_step`,
+`inference`, `pipeline`; PyTorch stays fp32); `accelerator` sets it.
+
+`pipeline` writes `--pipeline_images` photo-like JPEGs (300-800 px on the long
+side, random aspect ratios, smooth gradients and blobs plus noise;
+deterministic) to a temporary directory and times ONE pass over them per
+configuration (a pass is long enough): (a) decoding + the eval transform alone
+(`aape_jax.data.pipeline.ViewBatches`) with 0 (in the calling thread), 1 and 2
+threads: `worker_scaling` = 2 threads / 1 thread; (b) the whole extraction,
+`feature_store.extract_image_features` with our `encode_image` (compilation
+excluded) and `--pipeline_workers` threads: `encoder_busy_fraction` = time
+inside `encode` calls (blocking) / the extraction's wall time; (c) the same
+with transformers' `CLIPImageProcessor.from_pretrained` in a torch
+`DataLoader(num_workers=--pipeline_workers)` and the PyTorch CLIP:
+`extraction_vs_torch` = (b) / (c) images/s.
+
+`accelerator` runs `towers`, `train_step`, `inference` and `pipeline`
+in-process with `--dtype bfloat16` (unless given) on JAX's default device,
+printing each one's report, then one JSON line of all their results, keys
+prefixed by benchmark (`towers.image_ratio`, `pipeline.encoder_busy_fraction`,
+...). Without --smoke it refuses to run on a CPU.
 
 This module is the JAX side; the PyTorch side (reference CLIP, the PyTorch
 AAPE step, the reference decoder) is `aape_jax.bench.torch_reference`,
 imported only by the benchmarks that compare against it (`towers`,
-`train_step`, `lm`).
+`train_step`, `lm`, `pipeline`, `accelerator`).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -45,14 +70,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import PIL.Image
 
 from aape_jax import clip as clip_lib
 from aape_jax import lm
 from aape_jax import toyworld, trainer, zeroshot
 from aape_jax.clip.frozen import FrozenCLIP
+from aape_jax.clip.preprocess import ImageTransform
 from aape_jax.clip.tiny import write_checkpoint
 from aape_jax.configs.classification import base2new
+from aape_jax.data.feature_store import extract_image_features
+from aape_jax.data.pipeline import ViewBatches, default_workers
 from aape_jax.data.text_features import class_text
+from aape_jax.data.types import Example
 from aape_jax.errors import ConfigError
 from aape_jax.inference import AAPEClassifier
 from aape_jax.lm import generate as lm_generate
@@ -129,6 +159,47 @@ def make_checkpoint(directory: str, args: argparse.Namespace) -> str:
     return write_checkpoint(directory, "vit-b-16", seed=0, tokenizer_dir=args.tokenizer_dir)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(args: argparse.Namespace) -> str:
+    """Our CLIP's compute dtype: `--dtype`, float32 when not given."""
+    return getattr(args, "dtype", None) or "float32"
+
+
+def load_clip(path: str, args: argparse.Namespace) -> FrozenCLIP:
+    """Our CLIP from `path` in the compute dtype `--dtype` (parameters stay float32)."""
+    return clip_lib.load(path, dtype=DTYPES[compute_dtype(args)])
+
+
+def _dtype_config(args: argparse.Namespace) -> dict:
+    """The config line's dtype entry: only when not the default float32 (so fp32 runs print as before)."""
+    dtype = compute_dtype(args)
+    return {} if dtype == "float32" else {"dtype": dtype}
+
+
+@dataclasses.dataclass
+class Report:
+    """What a benchmark measured; `main` prints it (`report`), `accelerator` collects several.
+
+    Attributes:
+      name: the benchmark's name.
+      config: its configuration (the config line).
+      figures: human-readable figures, one line each.
+      result: the JSON line (the figures a script reads).
+      reference: the PyTorch side's machine info, when it compares against PyTorch.
+    """
+
+    name: str
+    config: dict
+    figures: dict
+    result: dict
+    reference: dict | None = None
+
+    def print(self) -> None:
+        report(self.name, self.config, self.figures, self.result, self.reference)
+
+
 def report(name: str, config: dict, figures: dict, result: dict, reference: dict | None = None) -> None:
     print(f"== bench {name}")
     print("config:", json.dumps(config))
@@ -142,11 +213,12 @@ def _round(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def matmul_peak(size: int, repeats: int) -> dict[str, float]:
-    """Measured fp32 matmul FLOP/s of this machine, with JAX and with PyTorch ([size, size] @ [size, size])."""
+def matmul_peak(size: int, repeats: int, dtype: Any = jnp.float32) -> dict[str, float]:
+    """Measured matmul FLOP/s of this machine, with JAX in `dtype` and with PyTorch in fp32
+    ([size, size] @ [size, size])."""
     from aape_jax.bench import torch_reference
 
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)).astype(np.float32))
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)).astype(np.float32), dtype=dtype)
     mm = jax.jit(lambda x, y: x @ y)
     t_jax = timeit(lambda: mm(a, a).block_until_ready(), repeats)
     t_torch = timeit(torch_reference.matmul_call(size), repeats)
@@ -157,12 +229,12 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
 # ------------------------------------------------------------------ 1. towers
 
 
-def bench_towers(args: argparse.Namespace) -> None:
+def bench_towers(args: argparse.Namespace) -> Report:
     from aape_jax.bench import torch_reference
 
     with tempfile.TemporaryDirectory() as d:
         path = make_checkpoint(d, args)
-        ours, ref = clip_lib.load(path), torch_reference.load_reference(path)
+        ours, ref = load_clip(path, args), torch_reference.load_reference(path)
     r = ours.config.vision.image_size
     n_img, n_txt = (8, 16) if args.smoke else (args.images, args.prompts)
     pixels = np.random.default_rng(0).normal(size=(n_img, r, r, 3)).astype(np.float32)
@@ -174,6 +246,10 @@ def bench_towers(args: argparse.Namespace) -> None:
     ref_img, ref_txt = towers.features()
     err_img = float(np.abs(ours.encode_image(pixels) - ref_img).max())
     err_txt = float(np.abs(ours.encode_text(ids77) - ref_txt).max())
+    # Our jitted text tower on the untrimmed ids: the same 77 positions as the reference (`encode_text` trims).
+    encode_text77 = jax.jit(lambda params, ids: ours.module.apply({"params": params}, ids, method="encode_text"))
+    ids77_device = jnp.asarray(ids77)
+    err_txt77 = float(np.abs(np.asarray(encode_text77(ours.params, ids77_device)) - ref_txt).max())
 
     rep = args.repeats
     t_img_ours = timeit(lambda: ours.encode_image(pixels), rep)
@@ -181,6 +257,7 @@ def bench_towers(args: argparse.Namespace) -> None:
     t_txt_ours = timeit(lambda: ours.encode_text(ids77), rep)
     t_txt_ref = timeit(towers.text_call(), rep)
     t_txt_ref_trim = timeit(towers.text_call(trimmed=True), rep)
+    t_txt_ours77 = timeit(lambda: encode_text77(ours.params, ids77_device).block_until_ready(), rep)
 
     # Achieved FLOP/s of our image tower (XLA's own FLOP count of the compiled program) / measured matmul peak.
     # The same program `FrozenCLIP.encode_image` runs on this batch (its bucket of n_img=8 rows is n_img).
@@ -188,7 +265,7 @@ def bench_towers(args: argparse.Namespace) -> None:
     cost = encode_image.lower(ours.params, jnp.asarray(pixels)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops_img = float(cost["flops"]) / n_img
-    peak = matmul_peak(512 if args.smoke else 2048, rep)
+    peak = matmul_peak(512 if args.smoke else 2048, rep, DTYPES[compute_dtype(args)])
     ips_ours, ips_ref = n_img / t_img_ours, n_img / t_img_ref
     pps_ours, pps_ref = n_txt / t_txt_ours, n_txt / t_txt_ref
     result = {
@@ -196,19 +273,25 @@ def bench_towers(args: argparse.Namespace) -> None:
         "text_ratio": _round(pps_ours / pps_ref),
         "mfu_image": _round(flops_img * ips_ours / max(peak.values())),
         "text_ratio_vs_trimmed_reference": _round(pps_ours / (n_txt / t_txt_ref_trim)),
+        # Both towers on the same ids at the same 77 positions: no trimming on either side.
+        "text_equal_length_ratio": _round((n_txt / t_txt_ours77) / pps_ref),
     }
     figures = {
         "max |ours - reference| image / text features": f"{err_img:.2e} / {err_txt:.2e}",
         "image tower images/s (ours, reference)": f"{ips_ours:.3f}, {ips_ref:.3f}",
         "text tower prompts/s (ours, reference at 77 positions)": f"{pps_ours:.2f}, {pps_ref:.2f}",
+        "text tower prompts/s, both at 77 positions (ours untrimmed, reference)":
+            f"{n_txt / t_txt_ours77:.2f}, {pps_ref:.2f} (max |ours - reference| {err_txt77:.2e})",
         f"reference text prompts/s, trimmed to {trimmed} positions": f"{n_txt / t_txt_ref_trim:.2f}",
         "image tower GFLOP/image (XLA cost analysis)": f"{flops_img / 1e9:.2f}",
-        "fp32 matmul peak GFLOP/s (jax, torch)": f"{peak['jax'] / 1e9:.1f}, {peak['torch'] / 1e9:.1f}",
+        ("fp32 matmul peak GFLOP/s (jax, torch)" if compute_dtype(args) == "float32" else
+         f"matmul peak GFLOP/s (jax {compute_dtype(args)}, torch fp32)"):
+            f"{peak['jax'] / 1e9:.1f}, {peak['torch'] / 1e9:.1f}",
         "image tower achieved GFLOP/s": f"{flops_img * ips_ours / 1e9:.1f}",
     }
-    report("towers", {"images": n_img, "prompts": n_txt, "repeats": rep, "smoke": args.smoke,
-                      "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result,
-           reference=torch_reference.machine_info())
+    return Report("towers", {"images": n_img, "prompts": n_txt, "repeats": rep, "smoke": args.smoke,
+                             "geometry": "tiny" if args.smoke else "vit-b-16", **_dtype_config(args)}, figures,
+                  result, reference=torch_reference.machine_info())
 
 
 # ------------------------------------------------------------------ 2. train step
@@ -265,14 +348,14 @@ def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: in
     return run, jitted, (state, b, data, key)
 
 
-def bench_train_step(args: argparse.Namespace) -> None:
+def bench_train_step(args: argparse.Namespace) -> Report:
     from aape_jax.bench import torch_reference
 
     batch, classes = (8, 5) if args.smoke else (32, args.classes)
     rep = args.repeats
     with tempfile.TemporaryDirectory() as d:
         path = make_checkpoint(d, args)
-        clip, ref = clip_lib.load(path), torch_reference.load_reference(path)
+        clip, ref = load_clip(path, args), torch_reference.load_reference(path)
     secs = {}
     for name, combine, position in (("token_prefix", "token", "prefix"), ("token_suffix", "token", "suffix"),
                                     ("feature", "feature", "prefix")):
@@ -303,9 +386,9 @@ def bench_train_step(args: argparse.Namespace) -> None:
     figures = {f"{k} training images/s": f"{v:.3f}" for k, v in ips.items()}
     for position, m in memory.items():
         figures[f"memory, token {position} step, B={batch} C={args.memory_classes}"] = json.dumps(m)
-    report("train_step", {"batch": batch, "classes": classes, "repeats": rep, "smoke": args.smoke,
-                          "template": TEMPLATE, "num_tokens": 1}, figures, result,
-           reference=torch_reference.machine_info())
+    return Report("train_step", {"batch": batch, "classes": classes, "repeats": rep, "smoke": args.smoke,
+                                 "template": TEMPLATE, "num_tokens": 1, **_dtype_config(args)}, figures, result,
+                  reference=torch_reference.machine_info())
 
 
 def step_memory(args: argparse.Namespace) -> None:
@@ -319,7 +402,7 @@ def step_memory(args: argparse.Namespace) -> None:
       the resident set just before it is the step's own increase.
     """
     with tempfile.TemporaryDirectory() as d:
-        clip = clip_lib.load(make_checkpoint(d, args))
+        clip = load_clip(make_checkpoint(d, args), args)
     run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes)
     mem = jitted.lower(*step_args).compile().memory_analysis()
     run()  # compiles and runs once
@@ -348,7 +431,7 @@ def _step_gb(m: dict) -> float | None:
 
 def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int) -> dict:
     cmd = [sys.executable, "-m", "aape_jax.bench", "_step_memory", "--token_position", position, "--batch",
-           str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir]
+           str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir, "--dtype", compute_dtype(args)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:  # -9: killed, typically by the kernel's out-of-memory killer
@@ -365,7 +448,7 @@ def _untrained_classifier(clip: FrozenCLIP, token_position: str) -> AAPEClassifi
     return AAPEClassifier(clip, model, init_params(model, jax.random.key(0)), TEMPLATE)
 
 
-def bench_inference(args: argparse.Namespace) -> None:
+def bench_inference(args: argparse.Namespace) -> Report:
     """Per-image cost of the user paths from preprocessed pixels: zero-shot CLIP (`zeroshot.predict`'s
     `encode_image` + `scores`) and `AAPEClassifier.predict_proba_pixels`, suffix and prefix.
 
@@ -374,7 +457,7 @@ def bench_inference(args: argparse.Namespace) -> None:
     untimed warm-up call that also compiles.
     """
     with tempfile.TemporaryDirectory() as d:
-        clip = clip_lib.load(make_checkpoint(d, args))
+        clip = load_clip(make_checkpoint(d, args), args)
     n = 4 if args.smoke else args.images
     r = clip.config.vision.image_size
     pixels = np.random.default_rng(0).normal(size=(n, r, r, 3)).astype(np.float32)  # host arrays, as preprocess gives
@@ -401,16 +484,17 @@ def bench_inference(args: argparse.Namespace) -> None:
     }
     figures = {f"{k} ms/image at C={c}": ("skipped (--full)" if t is None else f"{t * 1e3:.1f}")
                for k, v in per_image.items() for c, t in v.items()}
-    report("inference", {"images_per_call": n, "classes": list(sizes), "repeats": rep, "smoke": args.smoke,
-                         "note": "from preprocessed pixels through the user paths: zero-shot encode_image + scores, "
-                                 "AAPEClassifier.predict_proba_pixels; per-class-list work done once, untimed"},
-           figures, result)
+    return Report("inference", {"images_per_call": n, "classes": list(sizes), "repeats": rep, "smoke": args.smoke,
+                                "note": "from preprocessed pixels through the user paths: zero-shot encode_image + "
+                                        "scores, AAPEClassifier.predict_proba_pixels; per-class-list work done once, "
+                                        "untimed", **_dtype_config(args)},
+                  figures, result)
 
 
 # ------------------------------------------------------------------ 4. feature store
 
 
-def bench_features(args: argparse.Namespace) -> None:
+def bench_features(args: argparse.Namespace) -> Report:
     """The offline default in feature mode, scaled up (real ViT-B/16 geometry, `tiny` with --smoke; by default
     all 16 synthetic classes): a run with a cold feature store, then a rerun (new workdir, same store). A first
     untimed run on a separate, smaller store compiles the training and evaluation programs, so the timed runs
@@ -441,15 +525,16 @@ def bench_features(args: argparse.Namespace) -> None:
     result = {"rerun_speedup": _round(first / rerun)}
     figures = {"warm-up run s (separate small store, compiles)": f"{warm:.2f}",
                "first run s (cold store)": f"{first:.2f}", "rerun s (same store)": f"{rerun:.2f}"}
-    report("features", {"classes": args.synthetic_classes, "views": args.views, "test_per_class": args.synthetic_test,
-                        "smoke": args.smoke, "combine": "feature", "shots": 16, "epochs": epochs,
-                        "geometry": "tiny" if args.smoke else "vit-b-16"}, figures, result)
+    return Report("features", {"classes": args.synthetic_classes, "views": args.views,
+                               "test_per_class": args.synthetic_test, "smoke": args.smoke, "combine": "feature",
+                               "shots": 16, "epochs": epochs, "geometry": "tiny" if args.smoke else "vit-b-16"},
+                  figures, result)
 
 
 # ------------------------------------------------------------------ 5. language model
 
 
-def bench_lm(args: argparse.Namespace) -> None:
+def bench_lm(args: argparse.Namespace) -> Report:
     """Prefill and cached greedy decoding, tokens/s, ours vs transformers' PyTorch decoder on one checkpoint."""
     from aape_jax.bench import torch_reference
 
@@ -490,16 +575,208 @@ def bench_lm(args: argparse.Namespace) -> None:
         "greedy generate s (ours, reference)": f"{t_gen_ours:.3f}, {t_gen_ref:.3f}",
     }
     c = ours.config
-    report("lm", {"family": "gpt2", "hidden_size": c.hidden_size, "layers": c.num_layers, "heads": c.num_heads,
-                  "vocab_size": c.vocab_size, "batch": batch, "prompt_tokens": prompt, "new_tokens": steps,
-                  "repeats": rep, "smoke": args.smoke}, figures, result, reference=torch_reference.machine_info())
+    return Report("lm", {"family": "gpt2", "hidden_size": c.hidden_size, "layers": c.num_layers,
+                         "heads": c.num_heads, "vocab_size": c.vocab_size, "batch": batch, "prompt_tokens": prompt,
+                         "new_tokens": steps, "repeats": rep, "smoke": args.smoke}, figures, result,
+                  reference=torch_reference.machine_info())
+
+
+# ------------------------------------------------------------------ 6. input pipeline
+
+
+def synthetic_photo(rng: np.random.Generator, long_side: tuple[int, int]) -> np.ndarray:
+    """A photo-like uint8 [H, W, 3] image: long side in `long_side` (inclusive), aspect ratio 1-2 (landscape
+    or portrait), a smooth colour gradient with 3-8 soft blobs, plus sensor-like noise (so it compresses
+    like a photo, about 2 bits per pixel as a quality 80-95 JPEG, not like a flat test pattern)."""
+    long = int(rng.integers(long_side[0], long_side[1] + 1))
+    short = max(1, round(long / rng.uniform(1.0, 2.0)))
+    h, w = (long, short) if rng.random() < 0.35 else (short, long)
+    gh, gw = max(2, h // 16), max(2, w // 16)  # the smooth part is drawn at 1/16 and upsampled
+    yy, xx = np.meshgrid(np.linspace(0, 1, gh), np.linspace(0, 1, gw), indexing="ij")  # [gh, gw]
+    field = (rng.uniform(40, 200, 3) + rng.uniform(-80, 80, 3) * yy[..., None]
+             + rng.uniform(-80, 80, 3) * xx[..., None])  # [gh, gw, 3]
+    for _ in range(int(rng.integers(3, 9))):
+        cy, cx = rng.uniform(0, 1, 2)
+        r = rng.uniform(0.05, 0.35)
+        field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(-120, 120, 3)
+    small = PIL.Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
+    img = np.asarray(small.resize((w, h), PIL.Image.Resampling.BICUBIC), np.float32)  # [h, w, 3]
+    # Gaussian-like noise through a lookup of 256 sorted normal draws (uint8 indices: far cheaper than normals).
+    lut = np.sort(rng.standard_normal(256)).astype(np.float32)
+    img = (img + lut[rng.integers(0, 256, (h, w, 1), dtype=np.uint8)] * np.float32(rng.uniform(3, 10))
+           + lut[rng.integers(0, 256, (h, w, 3), dtype=np.uint8)] * np.float32(3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_photos(directory: str, n: int, seed: int, long_side: tuple[int, int] = (300, 800)) -> list[str]:
+    """`n` JPEG files `directory/00000.jpg`, ... of `synthetic_photo`s; image i depends only on (seed, i)."""
+
+    def one(i: int) -> str:
+        rng = np.random.default_rng([seed, i])
+        path = os.path.join(directory, f"{i:05d}.jpg")
+        PIL.Image.fromarray(synthetic_photo(rng, long_side)).save(path, "JPEG", quality=int(rng.integers(80, 96)))
+        return path
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(one, range(n)))
+
+
+class BusyEncoder:
+    """`encode` with the wall time spent inside its calls (each blocks until its features are on the host).
+
+    Attributes:
+      encode: pixels [n, R, R, 3] -> features [n, D].
+      busy_s: seconds inside calls since the last `reset`.
+      calls: calls since the last `reset`.
+    """
+
+    def __init__(self, encode: Callable[[np.ndarray], Any]):
+        self.encode, self.busy_s, self.calls = encode, 0.0, 0
+
+    def reset(self) -> None:
+        self.busy_s, self.calls = 0.0, 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = np.asarray(jax.block_until_ready(self.encode(pixels)))
+        self.busy_s += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+def pipeline_ratios(decode_ips: dict[int, float], ours_ips: float, torch_ips: float, busy_s: float,
+                    total_s: float) -> dict[str, float]:
+    """`bench pipeline`'s headline figures from its measurements: decode images/s by thread count, the two
+    extractions' images/s, and our extraction's time inside `encode` (`busy_s`) and wall time (`total_s`)."""
+    return {"worker_scaling": _round(decode_ips[2] / decode_ips[1]),
+            "extraction_vs_torch": _round(ours_ips / torch_ips),
+            "encoder_busy_fraction": _round(busy_s / total_s)}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(wall s, result) of one call of `fn`."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_pipeline(args: argparse.Namespace) -> Report:
+    """Input pipeline: decoding + preprocessing alone, then the whole image feature extraction, ours vs
+    transformers' (module docstring). One timed pass per configuration: a pass over `--pipeline_images`
+    files is long enough; our encoder is compiled (both batch buckets) before its pass."""
+    from aape_jax.bench import torch_reference
+
+    n = args.pipeline_images if not args.smoke else min(args.pipeline_images, 48)
+    long_side = (48, 128) if args.smoke else (300, 800)
+    batch = 8 if args.smoke else args.pipeline_batch
+    workers = args.pipeline_workers if args.pipeline_workers is not None else 2
+    with tempfile.TemporaryDirectory() as root:
+        path = make_checkpoint(os.path.join(root, "clip"), args)
+        clip, ref = load_clip(path, args), torch_reference.load_reference(path)
+        photos = os.path.join(root, "photos")
+        os.makedirs(photos)
+        t_write, files = _timed(lambda: write_photos(photos, n, seed=0, long_side=long_side))
+        kb = [os.path.getsize(f) / 1e3 for f in files]
+        examples = [Example(image=f, label=0, key=os.path.basename(f)) for f in files]
+        transform = clip.transform  # for vit-b-16: ImageTransform.openai(224), OpenAI CLIP's eval transform
+        jobs = [(i, 0) for i in range(n)]
+        starts = list(range(0, n, batch))
+
+        # (a) decode + preprocess alone.
+        decode_ips = {}
+        for w in sorted({0, 1, 2, workers}):
+            source = ViewBatches(examples, jobs, transform, augment=False, seed=0, batch_size=batch, workers=w)
+            secs, _ = _timed(lambda source=source: sum(len(p) for _, p in source.batches(starts)))
+            decode_ips[w] = n / secs
+
+        # (b) our whole extraction; the encoder compiled first (the full batch's bucket and the last one's).
+        encode = BusyEncoder(clip.encode_image)
+        r = clip.config.vision.image_size
+        for rows in {batch, n % batch} - {0}:
+            encode(np.zeros((rows, r, r, 3), np.float32))
+        encode.reset()
+        t_ours, ours = _timed(lambda: extract_image_features(
+            encode, examples, transform, views=1, seed=0, augment=False, batch_size=batch, workers=workers,
+            desc="bench pipeline"))
+        busy_s, calls = encode.busy_s, encode.calls
+
+        # (c) transformers' image processor in a torch DataLoader, then the PyTorch CLIP.
+        extraction = torch_reference.ImageExtraction(ref, path, files, batch_size=batch, workers=workers)
+        extraction.warm_up()
+        t_ref, (theirs, ref_busy_s) = _timed(extraction.run)
+    ours = ours[:, 0]  # [N, D]
+    cos = np.sum(ours * theirs, -1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(theirs, axis=-1))
+    ours_ips, ref_ips = n / t_ours, n / t_ref
+    result = {
+        **pipeline_ratios(decode_ips, ours_ips, ref_ips, busy_s, t_ours),
+        "decode_images_per_s_workers0": _round(decode_ips[0]),
+        "decode_images_per_s_workers1": _round(decode_ips[1]),
+        "decode_images_per_s_workers2": _round(decode_ips[2]),
+        "extraction_images_per_s": _round(ours_ips),
+        "torch_extraction_images_per_s": _round(ref_ips),
+        "torch_encoder_busy_fraction": _round(ref_busy_s / t_ref),
+        "images": n, "extraction_s": _round(t_ours), "encoder_busy_s": _round(busy_s),
+    }
+    figures = {
+        "JPEG files (written in s)": f"{n} ({t_write:.1f} s), {np.mean(kb):.1f} KB mean, {min(kb):.1f}-{max(kb):.1f} KB",
+        "eval transform": f"resize shorter side to {transform.resize}, centre crop {transform.crop_size}"
+                          + (" (= ImageTransform.openai(224))" if transform == ImageTransform.openai(224) else ""),
+        **{f"decode + preprocess images/s, {w} threads" + (" (in the calling thread)" if w == 0 else ""):
+           f"{ips:.1f}" for w, ips in decode_ips.items()},
+        f"extraction images/s (ours, {workers} decode threads)": f"{ours_ips:.2f}",
+        "ours: time inside encode / wall time": f"{busy_s:.2f} / {t_ours:.2f} s ({calls} calls)",
+        f"extraction images/s (reference: {extraction.processor_name}, DataLoader num_workers={workers})":
+            f"{ref_ips:.2f}",
+        "reference: time inside the model / wall time": f"{ref_busy_s:.2f} / {t_ref:.2f} s",
+        "min cosine(ours, reference) image features": f"{float(cos.min()):.5f}",
+    }
+    config = {"images": n, "long_side_px": list(long_side), "batch_size": batch, "workers": workers,
+              "timed_passes": 1, "note": "one timed pass per configuration (a pass over all images is long "
+              "enough); our encoder compiled before its pass, the reference's warmed up by one batch",
+              "smoke": args.smoke, "geometry": "tiny" if args.smoke else "vit-b-16", **_dtype_config(args)}
+    return Report("pipeline", config, figures, result, reference=torch_reference.machine_info())
+
+
+# ------------------------------------------------------------------ 7. accelerator
+
+ACCELERATOR_BENCHMARKS = ("towers", "train_step", "inference", "pipeline")
+
+
+def prefixed(results: dict[str, dict]) -> dict[str, Any]:
+    """{benchmark: its JSON result} -> one flat dict, keys prefixed by benchmark (`towers.image_ratio`)."""
+    return {f"{name}.{k}": v for name, result in results.items() for k, v in result.items()}
+
+
+def bench_accelerator(args: argparse.Namespace) -> Report:
+    """`towers`, `train_step`, `inference` and `pipeline` in this process, bf16 (unless `--dtype`) on JAX's
+    default device; each one's report is printed as it finishes, then the combined one."""
+    from aape_jax.bench import torch_reference
+
+    sub = argparse.Namespace(**vars(args))
+    sub.dtype = args.dtype or "bfloat16"
+    if sub.pipeline_workers is None:
+        sub.pipeline_workers = default_workers()  # the extraction's own default: one decode thread per core
+    results, wall = {}, {}
+    for name in ACCELERATOR_BENCHMARKS:
+        wall[name], r = _timed(lambda name=name: BENCHMARKS[name](sub))
+        r.print()
+        results[name] = r.result
+    dev = jax.devices()[0]
+    result = {"dtype": sub.dtype, "jax_device": f"{dev.platform}:{dev.device_kind}", **prefixed(results)}
+    figures = {f"{name} wall s": f"{s:.1f}" for name, s in wall.items()}
+    figures["pipeline encoder busy fraction (target >= 0.9 on an accelerator)"] = (
+        result["pipeline.encoder_busy_fraction"])
+    return Report("accelerator", {"benchmarks": list(ACCELERATOR_BENCHMARKS), "dtype": sub.dtype,
+                                  "pipeline_workers": sub.pipeline_workers, "repeats": args.repeats,
+                                  "smoke": args.smoke}, figures, result, reference=torch_reference.machine_info())
 
 
 # ------------------------------------------------------------------ entry point
 
 
 BENCHMARKS = {"towers": bench_towers, "train_step": bench_train_step, "inference": bench_inference,
-              "features": bench_features, "lm": bench_lm, "_step_memory": step_memory}
+              "features": bench_features, "lm": bench_lm, "pipeline": bench_pipeline,
+              "accelerator": bench_accelerator, "_step_memory": step_memory}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -523,9 +800,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lm_batch", type=int, default=4, help="lm: prompts per call")
     parser.add_argument("--lm_prompt", type=int, default=128, help="lm: prompt tokens")
     parser.add_argument("--lm_new_tokens", type=int, default=32, help="lm: greedy tokens generated")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="compute dtype of our CLIP in towers/train_step/inference/pipeline (default float32; "
+                             "accelerator: bfloat16); PyTorch stays fp32")
+    parser.add_argument("--pipeline_images", type=int, default=2000, help="pipeline: JPEG files (smoke: at most 48)")
+    parser.add_argument("--pipeline_batch", type=int, default=64, help="pipeline: images per encoder call")
+    parser.add_argument("--pipeline_workers", type=int, default=None,
+                        help="pipeline: decode threads of the extractions, ours and the DataLoader's workers "
+                             "(default 2; accelerator: one per core)")
     parser.add_argument("--token_position", default="suffix", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.name == "accelerator" and not args.smoke and jax.default_backend() == "cpu":
+        parser.error("accelerator: JAX's default device is a CPU; it is meant for a GPU or TPU "
+                     "(--smoke checks the code on a CPU; the single benchmarks run on a CPU as they are)")
     if args.smoke:
         args.repeats = 1
     elif args.name != "lm":  # the real CLIP vocabulary, found (or a clear error) before any slow work
@@ -533,4 +821,6 @@ def main(argv: list[str] | None = None) -> None:
             args.tokenizer_dir = resolve_tokenizer_dir(args.tokenizer_dir)
         except ConfigError as e:
             parser.error(f"{e} ({e.hint})" if e.hint else str(e))
-    BENCHMARKS[args.name](args)
+    out = BENCHMARKS[args.name](args)
+    if out is not None:  # `_step_memory` prints its own line
+        out.print()

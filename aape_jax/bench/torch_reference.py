@@ -2,7 +2,7 @@
 in PyTorch.
 
 All of the project's PyTorch/transformers benchmarking code lives here, imported only inside the benchmarks
-that compare against PyTorch (`towers`, `train_step`, `lm`): importing any other module of the package never
+that compare against PyTorch (`towers`, `train_step`, `lm`, `pipeline`, `accelerator`): importing any other module of the package never
 loads torch. PyTorch runs fp32 with all cores, on the GPU when there is one; every call handed back for
 timing blocks until its result is ready.
 """
@@ -10,10 +10,13 @@ timing blocks until its result is ready.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import PIL.Image
 import torch
 import transformers
 from torch import nn
@@ -94,6 +97,71 @@ class Towers:
     def text_call(self, trimmed: bool = False) -> Callable[[], None]:
         ids = self.ids_trimmed if trimmed else self.ids
         return blocking(lambda: self.ref.get_text_features(input_ids=ids))
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """JPEG files through transformers' image processor, one image per item: pixels [3, R, R]."""
+
+    def __init__(self, files: Sequence[str], processor: Any):
+        self.files, self.processor = list(files), processor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with PIL.Image.open(self.files[i]) as im:
+            return self.processor(images=im, return_tensors="pt")["pixel_values"][0]
+
+
+class ImageExtraction:
+    """transformers' image feature extraction over files: `CLIPImageProcessor.from_pretrained(directory)` (what
+    transformers gives by default for it: the torchvision backend when installed, else the PIL one) in a torch
+    `DataLoader(num_workers=workers)`, then the reference's `get_image_features` batch by batch.
+
+    Attributes (constructor arguments):
+      ref: the reference `CLIPModel`.
+      directory: the checkpoint directory (its preprocessor_config.json).
+      files: image files, in output order.
+      batch_size: images per model call.
+      workers: DataLoader worker processes (the platform's default start method: fork on Linux).
+    """
+
+    def __init__(self, ref: transformers.CLIPModel, directory: str, files: Sequence[str], batch_size: int,
+                 workers: int):
+        self.ref, self.files, self.batch_size, self.workers = ref, list(files), batch_size, workers
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fall-back to the PIL backend without torchvision
+            self.processor = transformers.CLIPImageProcessor.from_pretrained(directory)
+
+    @property
+    def processor_name(self) -> str:
+        """The processor's class and backend, e.g. "CLIPImageProcessorPil (pil)"."""
+        return f"{type(self.processor).__name__} ({getattr(self.processor, 'backend', 'unknown')} backend)"
+
+    def warm_up(self) -> None:
+        """One untimed batch through the model (first-call overheads)."""
+        with torch.inference_mode():
+            batch = torch.stack([ImageFiles(self.files[: self.batch_size], self.processor)[i]
+                                 for i in range(min(self.batch_size, len(self.files)))])
+            self.ref.get_image_features(pixel_values=batch.to(DEVICE))
+        sync()
+
+    def run(self) -> tuple[np.ndarray, float]:
+        """(projected image features [N, D], seconds inside the model's calls, each synchronised)."""
+        loader = torch.utils.data.DataLoader(ImageFiles(self.files, self.processor), batch_size=self.batch_size,
+                                             shuffle=False, num_workers=self.workers, timeout=600 if self.workers else 0,
+                                             pin_memory=DEVICE == "cuda")
+        feats, busy = [], 0.0
+        with warnings.catch_warnings(), torch.inference_mode():
+            # JAX warns on every fork (its threads are not copied); the workers never touch JAX.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+            for pixels in loader:
+                t0 = time.perf_counter()
+                out = self.ref.get_image_features(pixel_values=pixels.to(DEVICE)).pooler_output
+                sync()
+                busy += time.perf_counter() - t0
+                feats.append(out.cpu().numpy())
+        return np.concatenate(feats), busy
 
 
 class TorchAAPE:
