@@ -157,7 +157,7 @@ def test_inference_benchmark_times_the_classifier(monkeypatch):
 
     results = []
     monkeypatch.setattr(AAPEClassifier, "predict_proba_pixels", counting)
-    monkeypatch.setattr(bench, "report", lambda name, config, figures, result: results.append(result))
+    monkeypatch.setattr(bench, "report", lambda name, config, figures, result, reference=None: results.append(result))
     bench.main(["inference", "--smoke"])
     assert calls == {(position, c) for position in ("suffix", "prefix") for c in (10, 100)}
     assert set(results[0]["ms_per_image"]) == {"zeroshot", "aape_suffix", "aape_prefix"}
