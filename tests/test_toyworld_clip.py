@@ -4,6 +4,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -135,19 +136,51 @@ def test_processes_asking_at_once_pretrain_once(shared_data, tmp_path, monkeypat
         time.sleep(0.5)  # the others arrive while this one holds the lock
         (directory / toyworld.SUMMARY_FILE).write_text("{}")
 
-    monkeypatch.setattr(toyworld, "build_checkpoint", build)
+    monkeypatch.setattr(toyworld, "build_in_child", build)
     tokenizer = str(shared_data / "clip_tokenizer")
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         paths = list(pool.map(lambda _: toyworld.pretrained_clip(tokenizer), range(3)))
     assert len(builds) == 1 and len(set(paths)) == 1
     assert pathlib.Path(paths[0], toyworld.SUMMARY_FILE).is_file()
 
-    monkeypatch.setattr(toyworld, "build_checkpoint", lambda directory, tokenizer_dir: 1 / 0)
+    monkeypatch.setattr(toyworld, "build_in_child", lambda directory, tokenizer_dir: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         toyworld.pretrained_clip(tokenizer, force=True)
     assert pathlib.Path(paths[0], toyworld.SUMMARY_FILE).is_file()  # the old entry stays until one is built
     assert sorted(p.name for p in (tmp_path / "cache" / "toyworld_clip").iterdir()) == sorted(
         [pathlib.Path(paths[0]).name, f".{pathlib.Path(paths[0]).name}.lock"])
+
+
+def test_pretraining_runs_in_a_pinned_cpu_child(tmp_path, monkeypatch):
+    # The checkpoint must not depend on who asks: the test suite's 8 simulated devices (XLA_FLAGS), a GPU
+    # platform or a host's core count changed the weights, so the child gets none of them.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    calls = []
+
+    def run(command, env):
+        calls.append((command, env))
+        return subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(toyworld.subprocess, "run", run)
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        toyworld.build_in_child(tmp_path / "entry", "/vocab")
+    (command, env), = calls
+    assert command[1:4] == ["-m", "aape_jax.toyworld", "build"] and command[-1] == "/vocab"
+    assert "XLA_FLAGS" not in env and env["JAX_PLATFORMS"] == "cpu"
+
+    # The child pins itself before its first computation (to one CPU here, so that a 2-core machine shows it).
+    monkeypatch.setattr(toyworld, "PRETRAIN_CPUS", 1)
+    seen = []
+    monkeypatch.setattr(toyworld, "build_checkpoint", lambda d, t: seen.append((d, t, os.sched_getaffinity(0))))
+    before = os.sched_getaffinity(0)
+    try:
+        assert toyworld.main(["build", str(tmp_path / "entry"), "--tokenizer_dir", "/vocab"]) == 0
+    finally:
+        os.sched_setaffinity(0, before)
+    (directory, tokenizer_dir, cpus), = seen
+    assert (directory, tokenizer_dir) == (str(tmp_path / "entry"), "/vocab")
+    assert cpus == {min(before)}
 
 
 def test_missing_vocabulary_is_a_clear_error(tmp_path, monkeypatch):
