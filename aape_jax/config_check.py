@@ -145,6 +145,7 @@ def _classification_rules() -> list[tuple[str, _Rule]]:
         ("prompts.max_per_class", _integer(0)),
         ("model.combine", _choice(COMBINE_MODES)), ("model.num_tokens", _integer(1)),
         ("model.token_position", _choice(TOKEN_POSITIONS)), ("model.template", _template),
+        ("model.text_memory_gb", _real(0, strict=True)),
         ("baseline.templates", _choice(("single", "ensemble"))), ("baseline.meta_ratio", _integer(1)),
         ("baseline.kg_weight", _real(0)),
         ("evaluate_split", _choice(("test", "val"))), ("report_zeroshot", _boolean),

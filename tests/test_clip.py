@@ -12,7 +12,7 @@ from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
 from aape_jax import clip, hf_weights
-from aape_jax.clip import tiny, weights
+from aape_jax.clip import tiny
 from aape_jax.clip.tokenizer import write_byte_level_vocab
 
 TEXTS = [

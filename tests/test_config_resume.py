@@ -130,7 +130,7 @@ BAD_VALUES = [
     ("eval_batch_size", 0), ("checkpoint_keep", 0), ("checkpoint_every_epochs", 0),
     ("prompts.max_per_class", -1), ("num_devices", 9), ("model.num_heads", 0),
     ("method", "prompt_magic"), ("model.combine", "concat"), ("model.aggregator", "max"),
-    ("model.token_position", "middle"), ("optim.name", "adam"), ("protocol", "zero"),
+    ("model.token_position", "middle"), ("model.text_memory_gb", 0.0), ("optim.name", "adam"), ("protocol", "zero"),
     ("parallelism", "vmap"), ("evaluate_split", "train"), ("dataset.source", "zip"),
     ("random_clip_geometry", "huge"),
 ]

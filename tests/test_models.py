@@ -11,12 +11,15 @@ import pytest
 
 from aape_jax import clip
 from aape_jax.clip import tiny
+from aape_jax.clip.config import CLIPConfig, TextConfig, VisionConfig
 from aape_jax.clip.model import CLIP
+from aape_jax.configs import classification
 from aape_jax.models import aggregator as agg
 from aape_jax.models.aape import AAPE, AAPEConfig, aape_config
 from aape_jax.models.generator import PromptGenerator
 from aape_jax.models.heads import (
     COMBINE_MODES,
+    TEXT_MEMORY_GB,
     TOKEN_POSITIONS,
     ClassPrefixCache,
     ClassText,
@@ -25,8 +28,10 @@ from aape_jax.models.heads import (
     TokenHead,
     TokenProjection,
     class_prefix_cache,
+    classes_per_chunk,
     insert_tokens,
     make_head,
+    pair_activation_bytes,
     template_ids,
 )
 from aape_jax.numerics import l2_normalize
@@ -554,8 +559,11 @@ def test_aape_config_of_a_model_block(tiny_clip, as_config_dict):
     got = aape_config(wrap(_model_block(combine="token", token_position="suffix")), geometry)
     assert got == AAPEConfig(embed_dim=d, head=TokenHead(2, w, "suffix"), aggregator="mlp", num_heads=4,
                              aggregator_hidden=8, generator_hidden=4)
-    # A block from before `token_position` existed: "prefix".
+    # A block from before `token_position` (and `text_memory_gb`) existed: "prefix", the default budget.
     assert aape_config(wrap(_model_block(combine="token")), geometry).head == TokenHead(2, w, "prefix")
+    assert aape_config(wrap(_model_block(combine="token", text_memory_gb=0.5)), geometry).head == TokenHead(
+        2, w, "prefix", text_memory_gb=0.5)
+    assert classification.base2new("runlocal", "aape").model.text_memory_gb == TEXT_MEMORY_GB
     assert aape_config(wrap(_model_block(combine="feature")), geometry).head == FeatureHead(d)
     # No `combine` (retrieval's block): no head.
     assert aape_config(wrap(_model_block()), geometry).head is None
@@ -608,7 +616,8 @@ def test_aape_summarize_is_unit_norm(name):
         )
 
 
-def test_token_path_in_class_chunks_equals_all_at_once(tiny_clip):
+@pytest.mark.parametrize("chunk", [8, 1, 36])
+def test_token_path_in_class_chunks_equals_all_at_once(tiny_clip, chunk):
     """Chunked (rematerialised) class encoding == all classes in one call, values and gradients."""
     m = tiny_clip
     names = [f"class number {i}" for i in range(37)]
@@ -618,11 +627,43 @@ def test_token_path_in_class_chunks_equals_all_at_once(tiny_clip):
 
     head = TokenHead(1, m.config.text.hidden_size)
 
-    def loss(t, chunk):
-        return jnp.sum(head.class_weights(t, ct, m.module, m.params, class_chunk=chunk) ** 3)
+    def loss(t, k):
+        return jnp.sum(head.class_weights(t, ct, m.module, m.params, class_chunk=k) ** 3)
 
-    whole = head.class_weights(tokens, ct, m.module, m.params, class_chunk=None)
-    chunked = head.class_weights(tokens, ct, m.module, m.params, class_chunk=8)
-    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(jax.grad(loss)(tokens, 8)), np.asarray(jax.grad(loss)(tokens, None)),
+    whole = head.class_weights(tokens, ct, m.module, m.params, class_chunk=37)
+    np.testing.assert_allclose(np.asarray(head.class_weights(tokens, ct, m.module, m.params, class_chunk=chunk)),
+                               np.asarray(whole), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(tokens, chunk)), np.asarray(jax.grad(loss)(tokens, 37)),
                                atol=1e-5)
+
+
+def test_text_memory_budget_sets_the_chunk_and_bounds_xla_buffers():
+    """`text_memory_gb` picks the class chunk; XLA's buffers of the backward pass follow the estimate
+    (calibrated on ViT-B/16, here a CLIP-proportioned W=256 text tower) and shrink with the budget."""
+    cfg = CLIPConfig(text=TextConfig(vocab_size=100, hidden_size=256, intermediate_size=1024, num_layers=2,
+                                     num_heads=4, context_length=16, eot_token_id=99),
+                     vision=VisionConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                         image_size=16, patch_size=8),
+                     projection_dim=32)
+    params = jax.tree.map(jnp.asarray, tiny.random_params(cfg, 0))
+    module = CLIP(cfg, remat_text=True)  # FrozenCLIP.module's: the chunked path does not add per-block remat
+    b, c, length = 8, 24, 11
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 98, (c, length))
+    eot = rng.integers(4, length, c)
+    ids[np.arange(c), eot] = 99
+    ct = ClassText(features=jnp.zeros((c, 32)), ids=jnp.asarray(ids, jnp.int32), eot=jnp.asarray(eot, jnp.int32))
+    tokens = jnp.zeros((b, 1, 256))
+    per_pair = pair_activation_bytes(cfg.text, length + 1, 4)
+    temps = {}
+    for classes in (c, 6, 1):
+        budget = b * classes * per_pair
+        assert classes_per_chunk(b, c, cfg.text, length + 1, 4, budget) == classes
+        assert classes_per_chunk(b, c, cfg.text, length + 1, 4, budget - 1) == max(1, classes - 1)
+        head = TokenHead(1, 256, text_memory_gb=budget / 2**30)
+        grad = jax.jit(jax.grad(lambda t, p: jnp.sum(head.class_weights(t, ct, module, p) ** 3)))
+        temps[classes] = grad.lower(tokens, params).compile().memory_analysis().temp_size_in_bytes
+        assert 0.7 * budget < temps[classes] < 1.4 * budget, (classes, temps[classes], budget)
+    assert temps[c] > 3 * temps[6] > 3 * temps[1]
+    with pytest.raises(ValueError, match="text_memory_gb"):
+        TokenHead(1, 256, text_memory_gb=0.0)

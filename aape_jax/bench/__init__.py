@@ -88,7 +88,7 @@ from aape_jax.inference import AAPEClassifier
 from aape_jax.lm import generate as lm_generate
 from aape_jax.lm import tiny as lm_tiny
 from aape_jax.models.aape import AAPE, AAPEConfig, init_params
-from aape_jax.models.heads import make_head
+from aape_jax.models.heads import TEXT_MEMORY_GB, make_head
 from aape_jax.train_step import LossWeights, StepData, make_loss_fn
 
 # The directory holding the `aape_jax` package (put on the memory subprocess's path).
@@ -246,10 +246,11 @@ def bench_towers(args: argparse.Namespace) -> Report:
     ref_img, ref_txt = towers.features()
     err_img = float(np.abs(ours.encode_image(pixels) - ref_img).max())
     err_txt = float(np.abs(ours.encode_text(ids77) - ref_txt).max())
-    # Our jitted text tower on the untrimmed ids: the same 77 positions as the reference (`encode_text` trims).
-    encode_text77 = jax.jit(lambda params, ids: ours.module.apply({"params": params}, ids, method="encode_text"))
-    ids77_device = jnp.asarray(ids77)
-    err_txt77 = float(np.abs(np.asarray(encode_text77(ours.params, ids77_device)) - ref_txt).max())
+    # Our jitted text tower on exactly the reference's positions: the trimmed ids (up to the longest
+    # prompt's EOT; `encode_text` rounds that up to a multiple of 8) and all 77.
+    tower = jax.jit(lambda params, ids: ours.module.apply({"params": params}, ids, method="encode_text"))
+    ids_trimmed_device, ids77_device = jnp.asarray(ids77[:, :trimmed]), jnp.asarray(ids77)
+    err_txt_trimmed = float(np.abs(np.asarray(tower(ours.params, ids_trimmed_device)) - ref_txt).max())
 
     rep = args.repeats
     t_img_ours = timeit(lambda: ours.encode_image(pixels), rep)
@@ -257,7 +258,8 @@ def bench_towers(args: argparse.Namespace) -> Report:
     t_txt_ours = timeit(lambda: ours.encode_text(ids77), rep)
     t_txt_ref = timeit(towers.text_call(), rep)
     t_txt_ref_trim = timeit(towers.text_call(trimmed=True), rep)
-    t_txt_ours77 = timeit(lambda: encode_text77(ours.params, ids77_device).block_until_ready(), rep)
+    t_txt_ours_trimmed = timeit(lambda: tower(ours.params, ids_trimmed_device).block_until_ready(), rep)
+    t_txt_ours77 = timeit(lambda: tower(ours.params, ids77_device).block_until_ready(), rep)
 
     # Achieved FLOP/s of our image tower (XLA's own FLOP count of the compiled program) / measured matmul peak.
     # The same program `FrozenCLIP.encode_image` runs on this batch (its bucket of n_img=8 rows is n_img).
@@ -273,16 +275,18 @@ def bench_towers(args: argparse.Namespace) -> Report:
         "text_ratio": _round(pps_ours / pps_ref),
         "mfu_image": _round(flops_img * ips_ours / max(peak.values())),
         "text_ratio_vs_trimmed_reference": _round(pps_ours / (n_txt / t_txt_ref_trim)),
-        # Both towers on the same ids at the same 77 positions: no trimming on either side.
-        "text_equal_length_ratio": _round((n_txt / t_txt_ours77) / pps_ref),
+        # Both towers on the same ids at the same positions: trimmed to the longest prompt, and all 77.
+        "text_equal_length_ratio": _round(t_txt_ref_trim / t_txt_ours_trimmed),
+        "text_equal_length_ratio_77": _round(t_txt_ref / t_txt_ours77),
     }
     figures = {
         "max |ours - reference| image / text features": f"{err_img:.2e} / {err_txt:.2e}",
         "image tower images/s (ours, reference)": f"{ips_ours:.3f}, {ips_ref:.3f}",
         "text tower prompts/s (ours, reference at 77 positions)": f"{pps_ours:.2f}, {pps_ref:.2f}",
-        "text tower prompts/s, both at 77 positions (ours untrimmed, reference)":
-            f"{n_txt / t_txt_ours77:.2f}, {pps_ref:.2f} (max |ours - reference| {err_txt77:.2e})",
-        f"reference text prompts/s, trimmed to {trimmed} positions": f"{n_txt / t_txt_ref_trim:.2f}",
+        f"text tower prompts/s, both at {trimmed} positions (ours jitted directly, reference)":
+            f"{n_txt / t_txt_ours_trimmed:.2f}, {n_txt / t_txt_ref_trim:.2f} "
+            f"(max |ours - reference| {err_txt_trimmed:.2e})",
+        "text tower prompts/s, both at 77 positions": f"{n_txt / t_txt_ours77:.2f}, {pps_ref:.2f}",
         "image tower GFLOP/image (XLA cost analysis)": f"{flops_img / 1e9:.2f}",
         ("fp32 matmul peak GFLOP/s (jax, torch)" if compute_dtype(args) == "float32" else
          f"matmul peak GFLOP/s (jax {compute_dtype(args)}, torch fp32)"):
@@ -305,10 +309,12 @@ def _generator_hidden(clip: FrozenCLIP) -> int:
     return max(1, clip.config.projection_dim // 16)
 
 
-def _aape(clip: FrozenCLIP, combine: str, token_position: str, num_heads: int) -> AAPE:
+def _aape(clip: FrozenCLIP, combine: str, token_position: str, num_heads: int,
+          text_memory_gb: float = TEXT_MEMORY_GB) -> AAPE:
     """The benchmarks' one-token AAPE learner on `clip`'s geometry."""
     d = clip.config.projection_dim
-    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
+    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position,
+                     text_memory_gb=text_memory_gb)
     return AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=num_heads, generator_hidden=_generator_hidden(clip)))
 
 
@@ -324,10 +330,11 @@ def _step_inputs(clip: FrozenCLIP, batch: int, classes: int):
     return b, table
 
 
-def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int):
+def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int,
+                  text_memory_gb: float = TEXT_MEMORY_GB):
     """Our jitted train step (the one train.py runs: `trainer.make_step(train_step.make_loss_fn(...), tx)`)
     with its inputs; returns (run_one_step, jitted, args)."""
-    model = _aape(clip, combine, token_position, _aggregator_heads(clip))
+    model = _aape(clip, combine, token_position, _aggregator_heads(clip), text_memory_gb)
     head = model.config.head
     b, table = _step_inputs(clip, batch, classes)
     data = StepData(prompts=jnp.asarray(table), prompt_mask=jnp.ones((classes, PROMPTS), bool),
@@ -349,6 +356,8 @@ def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: in
 
 
 def bench_train_step(args: argparse.Namespace) -> Report:
+    """Training images/s of our steps and PyTorch's. The `prefix` pair is compared at equal memory: our
+    step (default `model.text_memory_gb`) must need no more than PyTorch's step, both measured."""
     from aape_jax.bench import torch_reference
 
     batch, classes = (8, 5) if args.smoke else (32, args.classes)
@@ -356,22 +365,19 @@ def bench_train_step(args: argparse.Namespace) -> Report:
     with tempfile.TemporaryDirectory() as d:
         path = make_checkpoint(d, args)
         clip, ref = load_clip(path, args), torch_reference.load_reference(path)
-    secs = {}
+    secs, prefix_gb = {}, None
     for name, combine, position in (("token_prefix", "token", "prefix"), ("token_suffix", "token", "suffix"),
                                     ("feature", "feature", "prefix")):
-        run, _, _ = make_our_step(clip, combine, position, batch, classes)
+        run, jitted, step_args = make_our_step(clip, combine, position, batch, classes)
         secs[name] = timeit(run, rep if combine == "token" else max(rep, 20))
-    b, table = _step_inputs(clip, batch, classes)
-    labels = np.asarray(b["labels"])
-    t_feats = torch_reference.to_device(np.asarray(b["features"]))
-    t_labels = torch_reference.to_device(labels.astype(np.int64))
-    t_prompts = torch_reference.to_device(table[labels])  # [B, M, D]
-    ct = class_text(clip, TEMPLATE, class_names(classes), 1)
+        if name == "token_prefix":
+            prefix_gb = _xla_gb(jitted.lower(*step_args).compile().memory_analysis())
     for position in ("prefix", "suffix"):
-        torch_step = torch_reference.TorchAAPE(ref, clip, ct, position, _aggregator_heads(clip),
-                                               _generator_hidden(clip))
-        secs[f"torch_{position}"] = timeit(lambda: torch_step.step(t_feats, t_labels, t_prompts), rep)
+        secs[f"torch_{position}"] = timeit(_torch_step(clip, ref, position, batch, classes), rep)
     ips = {k: batch / v for k, v in secs.items()}
+    # PyTorch's step memory: the resident-set increase of a warm step, in a fresh process (our step's
+    # XLA buffers stay allocated between calls, so for ours XLA's buffer assignment is the measure).
+    torch_memory = {} if args.smoke else step_memory_subprocess(args, "prefix", batch, classes, torch=True)
     memory = {} if args.smoke else {position: step_memory_subprocess(args, position, batch, args.memory_classes)
                                     for position in ("prefix", "suffix")}
     result = {
@@ -379,20 +385,46 @@ def bench_train_step(args: argparse.Namespace) -> Report:
         "feature_vs_token": _round(ips["feature"] / ips["token_suffix"]),
         "token_prefix_vs_torch": _round(ips["token_prefix"] / ips["torch_prefix"]),
         "feature_vs_token_prefix": _round(ips["feature"] / ips["token_prefix"]),
-        # XLA's buffers of the compiled step (temporaries + arguments); RSS figures are printed above.
+        # The prefix pair's memory at B, C of the timing: ours (XLA temporaries + arguments), PyTorch's (RSS).
+        "token_prefix_memory_gb": prefix_gb,
+        "torch_prefix_memory_gb": torch_memory.get("peak_rss_increase_gb"),
+        # XLA's buffers of the compiled step at --memory_classes; RSS figures are printed above.
         "peak_memory_gb_token_suffix": _step_gb(memory.get("suffix", {})),
         "peak_memory_gb_token_prefix": _step_gb(memory.get("prefix", {})),
     }
     figures = {f"{k} training images/s": f"{v:.3f}" for k, v in ips.items()}
+    figures[f"prefix step memory, B={batch} C={classes}: ours (XLA, text_memory_gb={TEXT_MEMORY_GB}), PyTorch (RSS)"] = (
+        f"{prefix_gb} GB, {torch_memory.get('peak_rss_increase_gb')} GB")
     for position, m in memory.items():
         figures[f"memory, token {position} step, B={batch} C={args.memory_classes}"] = json.dumps(m)
+    if torch_memory:
+        figures[f"memory, PyTorch prefix step, B={batch} C={classes}"] = json.dumps(torch_memory)
     return Report("train_step", {"batch": batch, "classes": classes, "repeats": rep, "smoke": args.smoke,
                                  "template": TEMPLATE, "num_tokens": 1, **_dtype_config(args)}, figures, result,
                   reference=torch_reference.machine_info())
 
 
+def _xla_gb(mem: Any) -> float | None:
+    """XLA's temporaries + arguments of a compiled program, GB (None where the backend reports none)."""
+    return None if mem is None else round((mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**30, 3)
+
+
+def _torch_step(clip: FrozenCLIP, ref: Any, position: str, batch: int, classes: int) -> Callable[[], Any]:
+    """PyTorch's AAPE step on the inputs our step gets (`_step_inputs`), as a blocking call."""
+    from aape_jax.bench import torch_reference
+
+    b, table = _step_inputs(clip, batch, classes)
+    labels = np.asarray(b["labels"])
+    feats = torch_reference.to_device(np.asarray(b["features"]))
+    t_labels = torch_reference.to_device(labels.astype(np.int64))
+    prompts = torch_reference.to_device(table[labels])  # [B, M, D]
+    ct = class_text(clip, TEMPLATE, class_names(classes), 1)
+    step = torch_reference.TorchAAPE(ref, clip, ct, position, _aggregator_heads(clip), _generator_hidden(clip))
+    return lambda: step.step(feats, t_labels, prompts)
+
+
 def step_memory(args: argparse.Namespace) -> None:
-    """(subprocess) Peak memory of one token-mode step, two ways.
+    """(subprocess) Peak memory of one token-mode step (ours, or PyTorch's with `--torch_step`), two ways.
 
     * XLA's own buffer assignment of the compiled step (`memory_analysis`):
       temporaries (activations kept for the backward pass, workspaces) and arguments.
@@ -402,9 +434,18 @@ def step_memory(args: argparse.Namespace) -> None:
       the resident set just before it is the step's own increase.
     """
     with tempfile.TemporaryDirectory() as d:
-        clip = load_clip(make_checkpoint(d, args), args)
-    run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes)
-    mem = jitted.lower(*step_args).compile().memory_analysis()
+        path = make_checkpoint(d, args)
+        clip = load_clip(path, args)
+        if args.torch_step:
+            from aape_jax.bench import torch_reference
+
+            ref = torch_reference.load_reference(path)
+    if args.torch_step:  # PyTorch's step instead: no XLA buffers to report
+        run, mem = _torch_step(clip, ref, args.token_position, args.batch, args.classes), None
+    else:
+        run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes,
+                                               args.text_memory_gb)
+        mem = jitted.lower(*step_args).compile().memory_analysis()
     run()  # compiles and runs once
     before = _status_gb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -429,9 +470,12 @@ def _step_gb(m: dict) -> float | None:
     return round(m["xla_temp_gb"] + m["xla_args_gb"], 3) if m.get("xla_temp_gb") is not None else None
 
 
-def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int) -> dict:
+def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int,
+                           text_memory_gb: float = TEXT_MEMORY_GB, torch: bool = False) -> dict:
+    """`step_memory` of our step (or PyTorch's, `torch`) in a fresh process: its JSON line as a dict."""
     cmd = [sys.executable, "-m", "aape_jax.bench", "_step_memory", "--token_position", position, "--batch",
-           str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir, "--dtype", compute_dtype(args)]
+           str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir, "--dtype", compute_dtype(args),
+           "--text_memory_gb", str(text_memory_gb), *(["--torch_step"] if torch else [])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:  # -9: killed, typically by the kernel's out-of-memory killer
@@ -810,6 +854,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(default 2; accelerator: one per core)")
     parser.add_argument("--token_position", default="suffix", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--text_memory_gb", type=float, default=TEXT_MEMORY_GB, help=argparse.SUPPRESS)
+    parser.add_argument("--torch_step", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.name == "accelerator" and not args.smoke and jax.default_backend() == "cpu":
         parser.error("accelerator: JAX's default device is a CPU; it is meant for a GPU or TPU "

@@ -94,7 +94,8 @@ class FrozenCLIP:
     @property
     def module(self) -> Backbone:
         # remat only changes what a backward pass keeps: inference is unaffected, and
-        # training through the text tower (token mode) stays within memory.
+        # training through the cached "suffix" path stays within memory (the
+        # whole-sequence path bounds its memory by class chunks instead: heads.TokenHead).
         return backbone(self.config, dtype=self.dtype, remat_text=True)
 
     @property

@@ -87,10 +87,14 @@ def _build(args: ml_collections.ConfigDict, method: str) -> ml_collections.Confi
     # Where (token mode): "suffix" = `[SOS] template [AAPE] [EOT]`: each class's prefix runs once
     # (K/V cached), ~10x faster; "prefix" = `[SOS] [AAPE] template [EOT]`. The paper does not say.
     # Default from the toy-world table (README, "What the toy world shows"; seeds 1-3): H of suffix
-    # vs prefix 49.0 ± 0.6 vs 48.6 ± 0.3 on toy_shift (within one std) but 7.5 ± 4.5 vs 20.5 ± 7.1 on
-    # toy_concepts (13 points lower, beyond either std): not within one std on both, so prefix stays.
+    # vs prefix 6.4 ± 4.1 vs 3.9 ± 3.2 on toy_concepts (within one std) but 50.3 ± 0.4 vs 54.6 ± 1.5
+    # on toy_shift (4.3 points lower, beyond either std): not within one std on both, so prefix stays.
     # On SigLIP (bidirectional text) "suffix" has no cache: the whole sequence per pair (logged).
     config.model.token_position = "prefix"
+    # Token mode, whole-sequence path ("prefix", SigLIP): activations its backward pass may keep; the
+    # classes run in the largest chunks that fit, each recomputed once in the backward pass (all at
+    # once when they fit: fastest). Results do not depend on it.
+    config.model.text_memory_gb = 0.25  # = models.heads.TEXT_MEMORY_GB (configs import no jax)
     # Class template of both heads and of the baselines' hand-crafted prompt: CoOp's per-dataset one.
     config.model.template = DATASET_TEMPLATES.get(config.dataset.name, "a photo of a {}.")
 

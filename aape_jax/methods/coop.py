@@ -17,7 +17,7 @@ from aape_jax.clip.frozen import FrozenCLIP
 from aape_jax.data.feature_store import FeatureStore
 from aape_jax.data.text_features import class_text
 from aape_jax.methods.learner import BaselineData, Learner, cross_entropy_loss
-from aape_jax.models.heads import TokenHead, class_logits
+from aape_jax.models.heads import TEXT_MEMORY_GB, TokenHead, class_logits
 from aape_jax.models.prompt_learners import ContextPrompt
 
 SUMMARY = "learned context, `[SOS] ctx {class}. [EOT]` (Zhou et al., IJCV 2022)"
@@ -42,7 +42,8 @@ def context_learner(name: str, config: ml_collections.ConfigDict, clip: FrozenCL
 
     `regulariser(head, tokens, clip_module)` -> `(params, data) -> (weighted term, {name: term})`, or None.
     """
-    head = TokenHead(num_tokens, clip.config.text.hidden_size, "prefix")
+    head = TokenHead(num_tokens, clip.config.text.hidden_size, "prefix",
+                     config.model.get("text_memory_gb", TEXT_MEMORY_GB))
     text = lambda names: class_text(clip, config.model.template, names, num_tokens, store, token_prompt="{}.")
 
     def prompt_logits(params, image_features, class_text, clip_params, logit_scale):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from aape_jax.clip.config import CLIPConfig
 from aape_jax.models.aggregator import AGGREGATORS, AttentionAggregator, MLPAggregator
 from aape_jax.models.generator import PromptGenerator
-from aape_jax.models.heads import Head, make_head
+from aape_jax.models.heads import TEXT_MEMORY_GB, Head, make_head
 from aape_jax.numerics import l2_normalize
 
 
@@ -54,7 +54,8 @@ def aape_config(model: Mapping[str, Any], clip_config: CLIPConfig) -> AAPEConfig
     head = None
     if "combine" in model:
         head = make_head(model["combine"], clip_config.projection_dim, clip_config.text.hidden_size,
-                         model["num_tokens"], model.get("token_position", "prefix"))
+                         model["num_tokens"], model.get("token_position", "prefix"),
+                         model.get("text_memory_gb", TEXT_MEMORY_GB))
     return AAPEConfig(embed_dim=clip_config.projection_dim, head=head, aggregator=model["aggregator"],
                       num_heads=model["num_heads"], aggregator_hidden=model["aggregator_hidden"],
                       generator_hidden=model["generator_hidden"])

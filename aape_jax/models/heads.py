@@ -38,14 +38,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from aape_jax.clip.backbone import Backbone
+from aape_jax.clip.config import TextConfig
 from aape_jax.clip.model import PrefixKV
 from aape_jax.clip.tokenizer import Tokenizer
 from aape_jax.numerics import l2_normalize
 
 COMBINE_MODES = ("token", "feature")
 TOKEN_POSITIONS = ("prefix", "suffix")
-# Classes per chunk of the whole-sequence token path (memory vs. per-chunk overhead).
-CLASS_CHUNK = 16
+# Activation memory the whole-sequence token path may keep for its backward pass (config
+# `model.text_memory_gb`). Chosen by measurement (ViT-B/16 prefix step, B=32, C=50, 2-core CPU):
+# smaller chunks ran faster, 2.5 images/s at 0.25 GB (one class per chunk) against 2.2 at 1 GB,
+# 1.5 at 2 GB, 1.0 at 4 GB and 0.9 with all classes at once (7.8 GB). Accelerators, with more
+# parallel work per matmul to fill, may prefer larger chunks (not measured here).
+TEXT_MEMORY_GB = 0.25
+
+
+def pair_activation_bytes(text: TextConfig, length: int, dtype_bytes: int) -> int:
+    """Bytes the backward pass keeps of one sequence of `length` positions through every text block.
+
+    Per block and position about 10 W + 2 I values of the compute dtype (the
+    block's input, LayerNorms, q/k/v, attention output, residuals, the MLP's two
+    [I] tensors) plus the fp32 attention logits and weights (2 H L): calibrated
+    on XLA's buffer assignment of the ViT-B/16 text tower's backward pass (within
+    1% at 12 positions); about 20% under it for a W=256 tower (the tests bound
+    the ratio)."""
+    w, i, h, n = text.hidden_size, text.intermediate_size, text.num_heads, length
+    return text.num_layers * (n * (10 * w + 2 * i) * dtype_bytes + 2 * h * n * n * 4)
+
+
+def classes_per_chunk(pairs_per_class: int, classes: int, text: TextConfig, length: int, dtype_bytes: int,
+                      budget_bytes: float) -> int:
+    """The most classes whose (image, class) sequences fit `budget_bytes` of kept activations (at least 1;
+    `classes` when all fit, which needs no rematerialisation)."""
+    per_class = pairs_per_class * pair_activation_bytes(text, length, dtype_bytes)
+    return int(max(1, min(classes, budget_bytes // per_class)))
 
 
 @flax.struct.dataclass
@@ -223,11 +249,14 @@ class TokenHead:
       num_tokens: T, tokens per image (the AAPE's; CoOp's context length for the baselines).
       token_width: W, the text encoder's token-embedding width.
       position: "prefix" (after [SOS]) or "suffix" (before [EOT], class prefixes cached).
+      text_memory_gb: activations the whole-sequence path may keep for its
+        backward pass (`classes_per_chunk`); results do not depend on it.
     """
 
     num_tokens: int
     token_width: int
     position: str = "prefix"
+    text_memory_gb: float = TEXT_MEMORY_GB
     uses_text_tower: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -235,6 +264,8 @@ class TokenHead:
             raise ValueError(f"model.token_position is {self.position!r}; choose one of {TOKEN_POSITIONS}")
         if self.num_tokens < 1:
             raise ValueError(f"model.num_tokens must be >= 1, got {self.num_tokens}")
+        if not self.text_memory_gb > 0:
+            raise ValueError(f"model.text_memory_gb must be > 0, got {self.text_memory_gb}")
 
     def module(self) -> nn.Module:
         return TokenProjection(self.num_tokens, self.token_width)
@@ -251,7 +282,7 @@ class TokenHead:
 
     def class_weights(self, head_out: jax.Array, class_text: ClassText, clip_module: Backbone, clip_params: Any,
                       cache: ClassPrefixCache | None = None, *, use_prefix_cache: bool = True,
-                      class_chunk: int | None = CLASS_CHUNK) -> jax.Array:
+                      class_chunk: int | None = None) -> jax.Array:
         """Prompt tokens [B, T, W] -> normalised per-image class weights [B, C, D].
 
         Args:
@@ -264,8 +295,10 @@ class TokenHead:
             sequence per pair (the reference the cached path is tested against),
             which a bidirectional text tower (SigLIP) always takes.
           class_chunk: the whole-sequence path runs the classes in chunks of this
-            size, each rematerialised in the backward pass, so training memory
-            grows with the chunk, not with B x C (None: all classes at once).
+            size, each rematerialised as a whole in the backward pass, so the
+            activations kept grow with the chunk, not with B x C; `>= C`: all
+            at once, nothing recomputed (fastest). None: the most that fit
+            `text_memory_gb` (`classes_per_chunk`). The result does not depend on it.
         """
         b, c = head_out.shape[0], class_text.num_classes
         if use_prefix_cache and self._caches(clip_module):
@@ -277,34 +310,43 @@ class TokenHead:
                                   method="encode_text_after_prefix")  # [B, C, D]
             return l2_normalize(z)
         embeds = clip_module.apply({"params": clip_params}, class_text.ids, method="embed_tokens")  # [C, L, W]
+        if class_chunk is None:
+            length = class_text.ids.shape[1] + head_out.shape[1]
+            class_chunk = classes_per_chunk(b, c, clip_module.config.text, length,
+                                            jnp.dtype(clip_module.dtype).itemsize, self.text_memory_gb * 2**30)
+        # The chunks bound the memory: per-block remat inside them (FrozenCLIP.module's) would
+        # add a third forward pass for ~20% less memory (XLA's buffers, ViT-B/16).
+        tower = clip_module.clone(remat_text=False)
 
         def encode_pairs(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:
             chunk_embeds, chunk_eot = chunk  # [K, L, W], [K]
             x, eot = insert_tokens(chunk_embeds, chunk_eot, head_out, self.position, class_text.text_start)
-            z = clip_module.apply({"params": clip_params}, x, eot, method="encode_text_embeddings")  # [B*K, D]
+            z = tower.apply({"params": clip_params}, x, eot, method="encode_text_embeddings")  # [B*K, D]
             return z.reshape(b, chunk_eot.shape[0], -1)  # [B, K, D]
 
-        if class_chunk is None or c <= class_chunk:
+        k = class_chunk
+        if k < 1:
+            raise ValueError(f"class_chunk must be >= 1, got {k}")
+        if k >= c:
             return l2_normalize(encode_pairs((embeds, class_text.eot)))  # [B, C, D]
-        n = -(-c // class_chunk)
-        pad = n * class_chunk - c  # repeat the last class; its scores are dropped below
-        chunks = (jnp.concatenate([embeds, jnp.repeat(embeds[-1:], pad, 0)]).reshape(n, class_chunk,
-                                                                                      *embeds.shape[1:]),
-                  jnp.concatenate([class_text.eot, jnp.repeat(class_text.eot[-1:], pad)]).reshape(n, class_chunk))
+        n = -(-c // k)
+        pad = n * k - c  # repeat the last class; its scores are dropped below
+        chunks = (jnp.concatenate([embeds, jnp.repeat(embeds[-1:], pad, 0)]).reshape(n, k, *embeds.shape[1:]),
+                  jnp.concatenate([class_text.eot, jnp.repeat(class_text.eot[-1:], pad)]).reshape(n, k))
         z = jax.lax.map(jax.checkpoint(encode_pairs), chunks)  # [n, B, K, D]
-        return l2_normalize(z.transpose(1, 0, 2, 3).reshape(b, n * class_chunk, -1)[:, :c])  # [B, C, D]
+        return l2_normalize(z.transpose(1, 0, 2, 3).reshape(b, n * k, -1)[:, :c])  # [B, C, D]
 
 
 Head = FeatureHead | TokenHead
 
 
 def make_head(combine: str, embed_dim: int, token_width: int, num_tokens: int = 1,
-              token_position: str = "prefix") -> Head:
+              token_position: str = "prefix", text_memory_gb: float = TEXT_MEMORY_GB) -> Head:
     """The head of config `model.combine`: the one place the mode's name is read."""
     if combine == "feature":
         return FeatureHead(embed_dim)
     if combine == "token":
-        return TokenHead(num_tokens, token_width, token_position)
+        return TokenHead(num_tokens, token_width, token_position, text_memory_gb)
     raise ValueError(f"model.combine is {combine!r}; choose one of {COMBINE_MODES}")
 
 
