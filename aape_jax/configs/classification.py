@@ -85,7 +85,8 @@ def _build(args: ml_collections.ConfigDict, method: str) -> ml_collections.Confi
     config.model.combine = args.combine  # "token" (paper) | "feature" (fast)
     config.model.num_tokens = 1  # AAPE tokens inserted per image (token mode)
     # Where (token mode): "suffix" = `[SOS] template [AAPE] [EOT]`: each class's prefix runs once
-    # (K/V cached), ~10x faster; "prefix" = `[SOS] [AAPE] template [EOT]`. The paper does not say.
+    # (K/V cached), ~5x faster on a CPU (bench train_step); "prefix" = `[SOS] [AAPE] template [EOT]`.
+    # The paper does not say.
     # Default from the toy-world table (README, "What the toy world shows"; seeds 1-3): H of suffix
     # vs prefix 6.4 ± 4.1 vs 3.9 ± 3.2 on toy_concepts (within one std) but 50.3 ± 0.4 vs 54.6 ± 1.5
     # on toy_shift (4.3 points lower, beyond either std): not within one std on both, so prefix stays.
