@@ -49,6 +49,7 @@ IGNORED_ON_RESUME: tuple[str, ...] = (
     "vqa.shots", "vqa.style", "vqa.max_questions",  # which VQA evaluations run and how they are scored
     # layout only: the same global batch and step on other devices (equal up to float rounding)
     "num_devices", "parallelism", "decode_workers",
+    "model.text_memory_gb",  # how the same step is chunked and recomputed, not what it computes
 )
 
 TASKS = ("classification", "retrieval", "captioning", "vqa")

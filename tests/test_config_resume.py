@@ -72,7 +72,8 @@ def test_changed_config_stops_before_any_work_with_a_diff(workdir, store, no_wor
 
 
 def test_output_only_change_resumes_silently(finished, workdir, store):
-    fields = {"log_every_steps": 1, "eval_batch_size": 8, "checkpoint_keep": 5, "report_zeroshot": True}
+    fields = {"log_every_steps": 1, "eval_batch_size": 8, "checkpoint_keep": 5, "report_zeroshot": True,
+              "model.text_memory_gb": 0.5}
     metrics = train.train_and_evaluate(_config(store, num_epochs=EPOCHS, **fields), str(workdir))
     for key in ("base_acc", "new_acc", "train_loss"):
         assert metrics[key] == finished[1][key]

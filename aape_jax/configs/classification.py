@@ -94,7 +94,7 @@ def _build(args: ml_collections.ConfigDict, method: str) -> ml_collections.Confi
     config.model.token_position = "prefix"
     # Token mode, whole-sequence path ("prefix", SigLIP): activations its backward pass may keep; the
     # classes run in the largest chunks that fit, each recomputed once in the backward pass (all at
-    # once when they fit: fastest). Results do not depend on it.
+    # once when they fit). Results do not depend on it (nor may a resume be refused for it).
     config.model.text_memory_gb = 0.25  # = models.heads.TEXT_MEMORY_GB (configs import no jax)
     # Class template of both heads and of the baselines' hand-crafted prompt: CoOp's per-dataset one.
     config.model.template = DATASET_TEMPLATES.get(config.dataset.name, "a photo of a {}.")

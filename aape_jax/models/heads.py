@@ -297,7 +297,7 @@ class TokenHead:
           class_chunk: the whole-sequence path runs the classes in chunks of this
             size, each rematerialised as a whole in the backward pass, so the
             activations kept grow with the chunk, not with B x C; `>= C`: all
-            at once, nothing recomputed (fastest). None: the most that fit
+            at once, nothing recomputed. None: the most that fit
             `text_memory_gb` (`classes_per_chunk`). The result does not depend on it.
         """
         b, c = head_out.shape[0], class_text.num_classes
