@@ -312,7 +312,9 @@ class TokenHead:
         embeds = clip_module.apply({"params": clip_params}, class_text.ids, method="embed_tokens")  # [C, L, W]
         if class_chunk is None:
             length = class_text.ids.shape[1] + head_out.shape[1]
-            class_chunk = classes_per_chunk(b, c, clip_module.config.text, length,
+            # A symbolic batch (jax.export's "b") cannot size chunks: size them for one image per class.
+            pairs = b if isinstance(b, int) else 1
+            class_chunk = classes_per_chunk(pairs, c, clip_module.config.text, length,
                                             jnp.dtype(clip_module.dtype).itemsize, self.text_memory_gb * 2**30)
         # The chunks bound the memory: per-block remat inside them (FrozenCLIP.module's) would
         # add a third forward pass for ~20% less memory (XLA's buffers, ViT-B/16).
