@@ -20,9 +20,11 @@ round differently with the thread count and the simulated device count, and
 1,800 steps turn last-bit differences into another CLIP. Measured on the 2-core
 development machine: 8 simulated devices (the test suite's) gave a CLIP of the
 same quality (zero-shot 80.94% against 80.42%) on which CoOp's toy_concepts base
-accuracy was 16.3% instead of 54.0%. With the child, a test worker, the command
-line and a GPU host build the same checkpoint; a 1-CPU host cannot (one thread
-gave yet another CLIP, 79.27%).
+accuracy was 16.3% instead of 54.0%. With the child, a test worker and the
+command line build the same checkpoint (verified byte for byte); a host with more
+cores or a GPU runs the same two-thread CPU child, which should give it too on
+the same CPU model (not verified here); a 1-CPU host cannot (one thread gave yet
+another CLIP, 79.27%).
 
 The real vocabulary is read from `--tokenizer_dir`, else `$AAPE_CLIP_TOKENIZER_DIR`,
 else `../shared/data/clip_tokenizer` beside the working directory or the

@@ -152,8 +152,8 @@ def test_processes_asking_at_once_pretrain_once(shared_data, tmp_path, monkeypat
 
 
 def test_pretraining_runs_in_a_pinned_cpu_child(tmp_path, monkeypatch):
-    # The checkpoint must not depend on who asks: the test suite's 8 simulated devices (XLA_FLAGS), a GPU
-    # platform or a host's core count changed the weights, so the child gets none of them.
+    # The checkpoint must not depend on who asks: the test suite's 8 simulated devices (XLA_FLAGS) and the
+    # thread count changed the weights (a GPU platform would too), so the child gets none of them.
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
     calls = []

@@ -309,12 +309,10 @@ def _generator_hidden(clip: FrozenCLIP) -> int:
     return max(1, clip.config.projection_dim // 16)
 
 
-def _aape(clip: FrozenCLIP, combine: str, token_position: str, num_heads: int,
-          text_memory_gb: float = TEXT_MEMORY_GB) -> AAPE:
+def _aape(clip: FrozenCLIP, combine: str, token_position: str, num_heads: int) -> AAPE:
     """The benchmarks' one-token AAPE learner on `clip`'s geometry."""
     d = clip.config.projection_dim
-    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position,
-                     text_memory_gb=text_memory_gb)
+    head = make_head(combine, d, clip.config.text.hidden_size, num_tokens=1, token_position=token_position)
     return AAPE(AAPEConfig(embed_dim=d, head=head, num_heads=num_heads, generator_hidden=_generator_hidden(clip)))
 
 
@@ -330,11 +328,10 @@ def _step_inputs(clip: FrozenCLIP, batch: int, classes: int):
     return b, table
 
 
-def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int,
-                  text_memory_gb: float = TEXT_MEMORY_GB):
+def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: int, classes: int):
     """Our jitted train step (the one train.py runs: `trainer.make_step(train_step.make_loss_fn(...), tx)`)
     with its inputs; returns (run_one_step, jitted, args)."""
-    model = _aape(clip, combine, token_position, _aggregator_heads(clip), text_memory_gb)
+    model = _aape(clip, combine, token_position, _aggregator_heads(clip))
     head = model.config.head
     b, table = _step_inputs(clip, batch, classes)
     data = StepData(prompts=jnp.asarray(table), prompt_mask=jnp.ones((classes, PROMPTS), bool),
@@ -356,8 +353,8 @@ def make_our_step(clip: FrozenCLIP, combine: str, token_position: str, batch: in
 
 
 def bench_train_step(args: argparse.Namespace) -> Report:
-    """Training images/s of our steps and PyTorch's. The `prefix` pair is compared at equal memory: our
-    step (default `model.text_memory_gb`) must need no more than PyTorch's step, both measured."""
+    """Training images/s of our steps and PyTorch's; for the `prefix` pair also both steps' memory (ours at
+    the default `model.text_memory_gb`), so that the speed ratio can be read at equal memory."""
     from aape_jax.bench import torch_reference
 
     batch, classes = (8, 5) if args.smoke else (32, args.classes)
@@ -393,8 +390,8 @@ def bench_train_step(args: argparse.Namespace) -> Report:
         "peak_memory_gb_token_prefix": _step_gb(memory.get("prefix", {})),
     }
     figures = {f"{k} training images/s": f"{v:.3f}" for k, v in ips.items()}
-    figures[f"prefix step memory, B={batch} C={classes}: ours (XLA, text_memory_gb={TEXT_MEMORY_GB}), PyTorch (RSS)"] = (
-        f"{prefix_gb} GB, {torch_memory.get('peak_rss_increase_gb')} GB")
+    memory_key = f"prefix step memory, B={batch} C={classes}: ours (XLA, budget {TEXT_MEMORY_GB} GB), PyTorch (RSS)"
+    figures[memory_key] = f"{prefix_gb} GB, {torch_memory.get('peak_rss_increase_gb')} GB"
     for position, m in memory.items():
         figures[f"memory, token {position} step, B={batch} C={args.memory_classes}"] = json.dumps(m)
     if torch_memory:
@@ -443,8 +440,7 @@ def step_memory(args: argparse.Namespace) -> None:
     if args.torch_step:  # PyTorch's step instead: no XLA buffers to report
         run, mem = _torch_step(clip, ref, args.token_position, args.batch, args.classes), None
     else:
-        run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes,
-                                               args.text_memory_gb)
+        run, jitted, step_args = make_our_step(clip, "token", args.token_position, args.batch, args.classes)
         mem = jitted.lower(*step_args).compile().memory_analysis()
     run()  # compiles and runs once
     before = _status_gb("VmRSS")
@@ -471,11 +467,11 @@ def _step_gb(m: dict) -> float | None:
 
 
 def step_memory_subprocess(args: argparse.Namespace, position: str, batch: int, classes: int,
-                           text_memory_gb: float = TEXT_MEMORY_GB, torch: bool = False) -> dict:
+                           torch: bool = False) -> dict:
     """`step_memory` of our step (or PyTorch's, `torch`) in a fresh process: its JSON line as a dict."""
     cmd = [sys.executable, "-m", "aape_jax.bench", "_step_memory", "--token_position", position, "--batch",
            str(batch), "--classes", str(classes), "--tokenizer_dir", args.tokenizer_dir, "--dtype", compute_dtype(args),
-           "--text_memory_gb", str(text_memory_gb), *(["--torch_step"] if torch else [])]
+           *(["--torch_step"] if torch else [])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:  # -9: killed, typically by the kernel's out-of-memory killer
@@ -854,7 +850,6 @@ def main(argv: list[str] | None = None) -> None:
                              "(default 2; accelerator: one per core)")
     parser.add_argument("--token_position", default="suffix", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
-    parser.add_argument("--text_memory_gb", type=float, default=TEXT_MEMORY_GB, help=argparse.SUPPRESS)
     parser.add_argument("--torch_step", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.name == "accelerator" and not args.smoke and jax.default_backend() == "cpu":
