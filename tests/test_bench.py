@@ -16,8 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = pathlib.Path(REPO) / "aape_jax"
 
 PIPELINE_KEYS = {"worker_scaling", "extraction_vs_torch", "encoder_busy_fraction", "decode_images_per_s_workers0",
-                 "decode_images_per_s_workers1", "decode_images_per_s_workers2", "extraction_images_per_s",
-                 "torch_extraction_images_per_s", "torch_encoder_busy_fraction"}
+                 "decode_images_per_s_workers1", "decode_images_per_s_workers2", "decode_images_per_s_processes2",
+                 "extraction_images_per_s", "torch_extraction_images_per_s", "torch_encoder_busy_fraction"}
 KEYS = {
     "towers": {"image_ratio", "text_ratio", "mfu_image", "text_equal_length_ratio"},
     "train_step": {"token_vs_torch", "feature_vs_token", "token_prefix_vs_torch"},

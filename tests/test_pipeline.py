@@ -109,6 +109,28 @@ def test_decoded_images_are_bounded_by_the_prefetch_depth(examples, monkeypatch)
     assert 4 < state["most"] <= 3 * 4  # it did decode ahead, but never more than 3 batches
 
 
+def test_workers_do_all_the_per_image_work(examples, monkeypatch):
+    # Decode, crop and normalisation all run on the pool: work left on the calling thread would not
+    # shrink as workers are added (what `bench pipeline`'s worker_scaling measures).
+    callers, lock = set(), threading.Lock()
+    real_crop, real_normalize = pipeline.view_crop, pipeline.normalize
+
+    def recording(real):
+        def call(*args, **kwargs):
+            with lock:
+                callers.add((real.__name__, threading.current_thread().name.startswith("decode")))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(pipeline, "view_crop", recording(real_crop))
+    monkeypatch.setattr(pipeline, "normalize", recording(real_normalize))
+    jobs = [(i, 0) for i in range(len(examples))]
+    batches = pipeline.ViewBatches(examples, jobs, TRANSFORM, augment=False, seed=0, batch_size=4, workers=2)
+    got = np.concatenate([p for _, p in batches.batches(range(0, len(jobs), 4))])
+    assert callers == {("view_crop", True), ("normalize", True)}
+    np.testing.assert_array_equal(got, eval_transform([e.image for e in examples], TRANSFORM))
+
+
 def _corrupt(path: pathlib.Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])  # a truncated JPEG: the header parses, the decode fails

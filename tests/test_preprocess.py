@@ -20,6 +20,7 @@ from aape_jax.clip.preprocess import (
     ImageTransform,
     eval_transform,
     load_image,
+    normalize,
     random_resized_crop_params,
     train_augment,
 )
@@ -501,3 +502,17 @@ def test_bad_type():
     with pytest.raises(TypeError):
         load_image(12345)  # type: ignore[arg-type]
 
+
+
+def test_normalize_into_a_batch_row_equals_the_whole_batch():
+    t = ImageTransform.openai(16)
+    crops = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    rows = np.full((3, 16, 16, 3), np.nan, np.float32)
+    for i in (2, 0, 1):
+        row = rows[i]
+        assert normalize(crops[i], t, out=row) is row
+    np.testing.assert_array_equal(rows, normalize(crops, t))
+    np.testing.assert_allclose(rows[1, 4, 5], (crops[1, 4, 5] / 255 - np.asarray(OPENAI_CLIP_MEAN)) / OPENAI_CLIP_STD,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"float64 \(16, 16, 3\)"):
+        normalize(crops[0], t, out=np.empty((16, 16, 3), np.float64))

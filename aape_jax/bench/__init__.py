@@ -30,7 +30,9 @@ side, random aspect ratios, smooth gradients and blobs plus noise;
 deterministic) to a temporary directory and times ONE pass over them per
 configuration (a pass is long enough): (a) decoding + the eval transform alone
 (`aape_jax.data.pipeline.ViewBatches`) with 0 (in the calling thread), 1 and 2
-threads: `worker_scaling` = 2 threads / 1 thread; (b) the whole extraction,
+threads: `worker_scaling` = 2 threads / 1 thread; beside them the same work on
+2 processes (`decode_images_per_s_processes2`, the alternative the threads were
+chosen over); (b) the whole extraction,
 `feature_store.extract_image_features` with our `encode_image` (compilation
 excluded) and `--pipeline_workers` threads: `encoder_busy_fraction` = time
 inside `encode` calls (blocking) / the extraction's wall time; (c) the same
@@ -55,7 +57,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -76,7 +80,7 @@ from aape_jax import clip as clip_lib
 from aape_jax import lm
 from aape_jax import toyworld, trainer, zeroshot
 from aape_jax.clip.frozen import FrozenCLIP
-from aape_jax.clip.preprocess import ImageTransform
+from aape_jax.clip.preprocess import ImageTransform, eval_transform
 from aape_jax.clip.tiny import write_checkpoint
 from aape_jax.configs.classification import base2new
 from aape_jax.data.feature_store import extract_image_features
@@ -684,6 +688,19 @@ class BusyEncoder:
         return out
 
 
+def process_decode_ips(files: list[str], transform: ImageTransform, workers: int) -> float:
+    """images/s of the same per-image work as a decode thread (decode, eval transform, normalisation) on a
+    pool of `workers` processes: the alternative to threads, measured beside them. The processes are
+    started and have imported the transform before the timed pass; forkserver, as forking a process
+    that runs XLA's threads is unsafe; the pixels come back pickled, one image per task, in chunks."""
+    task = functools.partial(eval_transform, transform=transform)
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        list(pool.map(task, files[: 4 * workers]))  # every worker started and warm
+        secs, n = _timed(lambda: sum(len(p) for p in pool.map(task, files, chunksize=8)))
+    return n / secs
+
+
 def pipeline_ratios(decode_ips: dict[int, float], ours_ips: float, torch_ips: float, busy_s: float,
                     total_s: float) -> dict[str, float]:
     """`bench pipeline`'s headline figures from its measurements: decode images/s by thread count, the two
@@ -728,6 +745,7 @@ def bench_pipeline(args: argparse.Namespace) -> Report:
             source = ViewBatches(examples, jobs, transform, augment=False, seed=0, batch_size=batch, workers=w)
             secs, _ = _timed(lambda source=source: sum(len(p) for _, p in source.batches(starts)))
             decode_ips[w] = n / secs
+        process_ips = process_decode_ips(files, transform, 2)
 
         # (b) our whole extraction; the encoder compiled first (the full batch's bucket and the last one's).
         encode = BusyEncoder(clip.encode_image)
@@ -752,6 +770,7 @@ def bench_pipeline(args: argparse.Namespace) -> Report:
         "decode_images_per_s_workers0": _round(decode_ips[0]),
         "decode_images_per_s_workers1": _round(decode_ips[1]),
         "decode_images_per_s_workers2": _round(decode_ips[2]),
+        "decode_images_per_s_processes2": _round(process_ips),
         "extraction_images_per_s": _round(ours_ips),
         "torch_extraction_images_per_s": _round(ref_ips),
         "torch_encoder_busy_fraction": _round(ref_busy_s / t_ref),
@@ -763,6 +782,7 @@ def bench_pipeline(args: argparse.Namespace) -> Report:
                           + (" (= ImageTransform.openai(224))" if transform == ImageTransform.openai(224) else ""),
         **{f"decode + preprocess images/s, {w} threads" + (" (in the calling thread)" if w == 0 else ""):
            f"{ips:.1f}" for w, ips in decode_ips.items()},
+        "decode + preprocess images/s, 2 processes (the alternative to threads)": f"{process_ips:.1f}",
         f"extraction images/s (ours, {workers} decode threads)": f"{ours_ips:.2f}",
         "ours: time inside encode / wall time": f"{busy_s:.2f} / {t_ours:.2f} s ({calls} calls)",
         f"extraction images/s (reference: {extraction.processor_name}, DataLoader num_workers={workers})":

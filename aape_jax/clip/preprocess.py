@@ -22,6 +22,7 @@ so no per-pixel Python work happens anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -352,8 +353,10 @@ def _as_list(images: Sequence[ImageLike] | ImageLike) -> list[ImageLike]:
 # --------------------------------------------------------------------------- #
 # Pixel ops
 # --------------------------------------------------------------------------- #
+@functools.lru_cache(maxsize=16)
 def _normalize_lut(transform: ImageTransform) -> np.ndarray:
-    """[3, 256] float32 table: lut[c, v] = (v/255 - mean[c]) / std[c].
+    """[3, 256] float32 table: lut[c, v] = (v/255 - mean[c]) / std[c] (cached: a pipeline's workers ask for
+    it once per image).
 
     Same float ops/dtypes as transformers' rescale (float64 multiply, cast to
     float32) followed by its float32 normalise, so results match bit for bit.
@@ -361,17 +364,24 @@ def _normalize_lut(transform: ImageTransform) -> np.ndarray:
     v = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(transform.mean, dtype=np.float32)[:, None]
     std = np.asarray(transform.std, dtype=np.float32)[:, None]
-    return (v[None, :] - mean) / std
+    lut = (v[None, :] - mean) / std
+    lut.flags.writeable = False  # shared by every caller through the cache
+    return lut
 
 
-def normalize(pixels: np.ndarray, transform: ImageTransform) -> np.ndarray:
+def normalize(pixels: np.ndarray, transform: ImageTransform, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 crops [..., crop_size, crop_size, 3] -> float32 normalised through the lut [3, 256].
 
     One 1-D lookup per channel: ~2x faster than float64 rescale arithmetic and
     ~3x faster than a single 2-D fancy index, while staying bit-identical to HF.
+    `out` (float32, the shape of `pixels`) receives the result, e.g. one row of a
+    batch being filled by several threads; it is returned.
     """
     lut = _normalize_lut(transform)
-    out = np.empty(pixels.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(pixels.shape, dtype=np.float32)
+    elif out.shape != pixels.shape or out.dtype != np.float32:
+        raise ValueError(f"out is {out.dtype} {out.shape}; expected float32 {pixels.shape}")
     for ch in range(3):
         out[..., ch] = lut[ch][pixels[..., ch]]
     return out

@@ -2,13 +2,16 @@
 
 `ViewBatches` turns a list of (example, view) jobs into normalised pixel
 batches for an image encoder. Each image is one task on a thread pool
-(`workers` threads): PIL decodes and resizes in C with the GIL released, so
-threads scale across cores without pickling images and pixels between
-processes (`python -m aape_jax.bench pipeline` measures it). While the caller
-encodes batch i, the pool already works on the next `prefetch` batches; no more
-than `prefetch + 1` batches (the one handed out included) are ever decoded or
-decoding, so memory is bounded by the prefetch depth, whatever the size of the
-source.
+(`workers` threads) that does all of that image's work: decode, resize or
+augment, crop, and normalise straight into its row of the batch. PIL decodes and
+resizes in C with the GIL released, so threads scale across cores without
+pickling images and pixels between processes, and the calling thread is left
+free to drive the encoder (`python -m aape_jax.bench pipeline` measures the
+scaling; on 2 cores threads measured faster than a process pool). While the
+caller encodes batch i, the pool already works on the next `prefetch` batches;
+no more than `prefetch + 1` float32 batches (the one handed out included) are
+ever being filled or waiting, so memory is bounded by the prefetch depth, whatever
+the size of the source.
 
 A view's pixels depend only on (seed, view, example index): view v of example
 i draws from its own `np.random.default_rng([seed, v, i])`, so any number of
@@ -116,8 +119,15 @@ class ViewBatches:
             c = self.transform.crop_size
             return np.zeros((c, c, 3), np.uint8)
 
-    def _pixels(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        return normalize(np.stack(crops), self.transform)
+    def _fill(self, pixels: np.ndarray, row: int, job: tuple[int, int]) -> None:
+        # The whole per-image work, normalisation included, runs on the worker: what is left on the
+        # calling thread does not grow with the workers, so adding workers scales (Amdahl).
+        normalize(self._crop(job), self.transform, out=pixels[row])
+
+    def _empty(self, start: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        jobs = self.jobs[start : start + self.batch_size]
+        c = self.transform.crop_size
+        return np.empty((len(jobs), c, c, 3), np.float32), jobs
 
     def batches(self, starts: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         """(start, float32 pixels [n, R, R, 3]) of rows `jobs[start : start + batch_size]`, for each start
@@ -125,10 +135,13 @@ class ViewBatches:
         if self.workers == 0:
             for start in starts:
                 self.max_pending = max(self.max_pending, 1)
-                yield start, self._pixels([self._crop(j) for j in self.jobs[start : start + self.batch_size]])
+                pixels, jobs = self._empty(start)
+                for row, job in enumerate(jobs):
+                    self._fill(pixels, row, job)
+                yield start, pixels
             return
         pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
-        pending: collections.deque[tuple[int, list[concurrent.futures.Future]]] = collections.deque()
+        pending: collections.deque[tuple[int, np.ndarray, list[concurrent.futures.Future]]] = collections.deque()
         todo = iter(starts)
         try:
             while True:
@@ -136,13 +149,16 @@ class ViewBatches:
                     start = next(todo, None)
                     if start is None:
                         break
-                    jobs = self.jobs[start : start + self.batch_size]
-                    pending.append((start, [pool.submit(self._crop, j) for j in jobs]))
+                    pixels, jobs = self._empty(start)
+                    pending.append((start, pixels, [pool.submit(self._fill, pixels, row, job)
+                                                    for row, job in enumerate(jobs)]))
                     self.max_pending = max(self.max_pending, len(pending))
                 if not pending:
                     return
-                start, futures = pending.popleft()
-                yield start, self._pixels([f.result() for f in futures])
+                start, pixels, futures = pending.popleft()
+                for f in futures:
+                    f.result()  # raises the image's error, if any
+                yield start, pixels
         finally:
             # Whatever ended the loop (done, an error, Ctrl-C, the caller stopping): drop the queued
             # images and wait for the running ones, so no thread outlives the extraction.
